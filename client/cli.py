@@ -1,0 +1,33 @@
+"""`client`: predict prices with a deployed model, and serve one locally."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from client.commands import predict, serve
+from client.errors import BundleError, InferenceError, InputError, MissingDependencyError, ServerStartError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="client", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    predict.add_parser(subparsers)
+    serve.add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.run(args)
+    except (InputError, BundleError, InferenceError, ServerStartError, MissingDependencyError) as error:
+        print(f"client {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

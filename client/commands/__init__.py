@@ -1,0 +1,1 @@
+"""The sub-commands of `client`, one module each."""

@@ -1,0 +1,45 @@
+"""`client predict INPUT.csv`: a price for every row."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from client.predict import DEFAULT_CACHE_DIR, PredictConfig, predict
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("predict", help="predict a price for every row of a catalogue CSV",
+                                   description=__doc__)
+    parser.add_argument("input", type=Path, help="CSV with sample_id, catalog_content, image_link")
+    parser.add_argument("-o", "--output", type=Path, default=Path("predictions.csv"),
+                        help="output CSV: sample_id,price (default: predictions.csv)")
+    parser.add_argument("-d", "--deployment", type=Path, default=Path("deployment"),
+                        help="folder written by export-bundle (default: deployment)")
+    parser.add_argument("--url", action="append", default=[], metavar="HOST:PORT",
+                        help="Triton gRPC endpoint; repeat to spread batches over several servers. "
+                             "Without it, the models run in-process with ONNX Runtime.")
+    parser.add_argument("--images", type=Path, help="local folder of images, matched by the last segment of image_link")
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="download and OCR cache")
+    parser.add_argument("--batch-size", type=int, default=PredictConfig.batch_size, help="rows per request")
+    parser.add_argument("--max-in-flight", type=int, default=PredictConfig.max_in_flight, help="requests in flight")
+    parser.add_argument("--ocr-workers", type=int, default=PredictConfig.ocr_workers, help="OCR processes")
+    parser.add_argument("--details", type=Path, help="also write each component's estimate and warnings per row")
+    parser.add_argument("--summary", type=Path, help="also write a JSON summary (rows, images, OCR, rows/s)")
+    parser.add_argument("--restart", action="store_true", help="ignore the journal of an interrupted run")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    summary = predict(PredictConfig(
+        input_csv=args.input, output_csv=args.output, deployment=args.deployment, urls=args.url,
+        images_dir=args.images, cache_dir=args.cache_dir, batch_size=args.batch_size,
+        max_in_flight=args.max_in_flight, ocr_workers=args.ocr_workers, details_csv=args.details,
+        summary_json=args.summary, restart=args.restart, progress=not args.quiet,
+    ))
+    print(json.dumps({k: summary[k] for k in ("rows", "predicted_now", "resumed_from_journal", "rows_with_warnings")}))
+    print(f"wrote {args.output}")
+    return 0

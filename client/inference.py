@@ -1,0 +1,182 @@
+"""Running the served ensembles: on Triton servers over gRPC, or in-process with ONNX Runtime.
+
+Both backends take the same named input arrays and return the same named outputs, computed by
+the same ONNX files, so both modes give the same prices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+from abc import ABC, abstractmethod
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+
+from client.bundle import MODEL_SHA_PARAMETER, Deployment
+from client.errors import BundleError, InferenceError
+from client.models import ENSEMBLE_OUTPUTS, served_models
+
+logger = logging.getLogger(__name__)
+
+
+class InferenceBackend(ABC):
+    """Runs an ensemble on a batch: `await backend.infer(name, inputs)` -> outputs by name."""
+
+    @abstractmethod
+    async def infer(self, ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Releases connections and threads."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class InProcessBackend(InferenceBackend):
+    """The ensembles' steps run here with ONNX Runtime over the deployment's model files.
+
+    Args:
+        deployment: the verified deployment folder.
+        threads: ONNX Runtime intra-op threads (0: ONNX Runtime's default, all cores).
+    """
+
+    def __init__(self, deployment: Deployment, threads: int = 0):
+        self.specs = served_models(deployment.settings.dims)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.sessions = {
+            name: ort.InferenceSession(str(deployment.model_path(name)), options, providers=_providers())
+            for name, spec in self.specs.items()
+            if not spec.is_ensemble
+        }
+        # one worker: the sessions already use every core; parallel runs would only contend
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+
+    def run(self, ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs the ensemble's steps in order, as Triton's ensemble scheduler would."""
+        tensors = dict(inputs)
+        for model, input_map, output_map in self.specs[ensemble].steps:
+            session = self.sessions[model]
+            feed = {step_name: tensors[ensemble_name] for step_name, ensemble_name in input_map.items()}
+            names = list(output_map)
+            for name, value in zip(names, session.run(names, feed)):
+                tensors[output_map[name]] = value
+        return {name: tensors[name] for name in ENSEMBLE_OUTPUTS}
+
+    async def infer(self, ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.run, ensemble, inputs)
+
+    async def close(self) -> None:
+        self._executor.shutdown(wait=False)
+
+    def describe(self) -> str:
+        return f"in-process ONNX Runtime ({', '.join(_providers())})"
+
+
+def _providers() -> list[str]:
+    available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+
+
+class TritonBackend(InferenceBackend):
+    """Sends each batch to one of several Triton servers over gRPC (asyncio client).
+
+    Batches are spread round-robin over the servers. A server that answers UNAVAILABLE (down,
+    restarting) is retried with jittered exponential backoff, on the next server; any other
+    error fails at once.
+
+    Args:
+        urls: "host:port" of each server's gRPC endpoint.
+        retries: attempts after the first, per batch.
+        backoff_s: first backoff; doubled each attempt, with jitter.
+        timeout_s: per-request deadline.
+    """
+
+    def __init__(self, urls: list[str], *, retries: int = 5, backoff_s: float = 0.5, timeout_s: float = 120.0):
+        import tritonclient.grpc.aio as grpc_aio
+
+        if not urls:
+            raise ValueError("TritonBackend needs at least one server URL")
+        self.urls = list(urls)
+        self.clients = [grpc_aio.InferenceServerClient(url) for url in self.urls]
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.timeout_s = timeout_s
+        self._next = itertools.cycle(range(len(self.clients)))
+        self.requests_per_server = [0] * len(self.clients)
+
+    def describe(self) -> str:
+        return f"Triton gRPC at {', '.join(self.urls)}"
+
+    async def verify(self, deployment: Deployment) -> None:
+        """Checks every server serves the deployment's models (by the SHA-256 in their config).
+
+        Raises:
+            BundleError: a server serves other model files than the bundle was exported with.
+            InferenceError: a server cannot be reached or lacks a model.
+        """
+        for url, client in zip(self.urls, self.clients):
+            for name, spec in served_models(deployment.settings.dims).items():
+                if spec.is_ensemble:
+                    continue
+                config = await self._with_retries(lambda c=client, n=name: c.get_model_config(n, as_json=False), url)
+                served = config.config.parameters[MODEL_SHA_PARAMETER].string_value
+                if served != deployment.model_sha256(name):
+                    raise BundleError(
+                        f"{url} serves {name} with SHA-256 {served or '(none)'}, but the bundle's model is "
+                        f"{deployment.model_sha256(name)}: deploy the same export to the server and the client"
+                    )
+
+    async def infer(self, ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import tritonclient.grpc.aio as grpc_aio
+        from tritonclient.utils import np_to_triton_dtype
+
+        request_inputs = []
+        for name, array in inputs.items():
+            tensor = grpc_aio.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(np.ascontiguousarray(array))
+            request_inputs.append(tensor)
+        outputs = [grpc_aio.InferRequestedOutput(name) for name in ENSEMBLE_OUTPUTS]
+
+        async def send(client):
+            return await client.infer(ensemble, request_inputs, outputs=outputs, client_timeout=self.timeout_s)
+
+        result = await self._with_retries(send)
+        return {name: result.as_numpy(name) for name in ENSEMBLE_OUTPUTS}
+
+    async def _with_retries(self, call, url: str | None = None):
+        """Runs `call(client)` (or `call()` for a fixed client), retrying UNAVAILABLE only."""
+        from tritonclient.utils import InferenceServerException
+
+        last_error = None
+        for attempt in range(self.retries + 1):
+            index = next(self._next) if url is None else self.urls.index(url)
+            try:
+                result = await (call(self.clients[index]) if url is None else call())
+                self.requests_per_server[index] += 1
+                return result
+            except InferenceServerException as error:
+                if not _is_unavailable(error):
+                    raise InferenceError(f"{self.urls[index]}: {error.message()}") from error
+                last_error = error
+            delay = self.backoff_s * 2**attempt * (0.5 + random.random())
+            logger.warning("server %s unavailable (attempt %d); retrying in %.1fs", self.urls[index], attempt + 1, delay)
+            await asyncio.sleep(delay)
+        raise InferenceError(
+            f"no Triton server answered after {self.retries + 1} attempts ({', '.join(self.urls)}): "
+            f"{last_error.message() if last_error else 'unavailable'}"
+        )
+
+    async def close(self) -> None:
+        for client in self.clients:
+            await client.close()
+
+
+def _is_unavailable(error) -> bool:
+    status = str(error.status() or "")
+    return "UNAVAILABLE" in status or "failed to connect" in (error.message() or "").lower()

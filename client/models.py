@@ -1,0 +1,114 @@
+"""The served models as data: names, tensors, dtypes and shapes.
+
+Export writes ONNX graphs and Triton configs from these specs, the client builds its requests
+from them, and tests check the committed `model_repository/` against them. Shapes leave out the
+batch axis (Triton's convention with `max_batch_size > 0`); -1 is a dynamic axis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from client.catalog import NUMERIC_FEATURE_NAMES
+from client.images import IMAGE_SIZE
+
+MAX_BATCH_SIZE = 64
+RETRIEVAL_DIM = 256
+
+IMAGE_ENCODER = "image_encoder"
+TEXT_ENCODER = "text_encoder"
+FUSION = "fusion"
+LIGHTGBM = "lightgbm"
+ENSEMBLE = "price_ensemble"
+TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
+
+ENSEMBLE_OUTPUTS = ("mlp_log_price", "gbm_log_price", "retrieval_vector")
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    dtype: str  # numpy dtype name
+    shape: tuple[int, ...]  # without the batch axis
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model. `steps` is set for ensembles: (model, input map, output map) per step,
+    maps going from the step model's tensor names to the ensemble's."""
+
+    name: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    steps: tuple[tuple[str, dict[str, str], dict[str, str]], ...] = ()
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.steps)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+
+@dataclass(frozen=True)
+class ModelDims:
+    """The widths that depend on the chosen encoders."""
+
+    image_dim: int = 1280
+    text_dim: int = 384
+    numeric_dim: int = len(NUMERIC_FEATURE_NAMES)
+    image_size: int = IMAGE_SIZE
+
+    @property
+    def gbm_dim(self) -> int:
+        return self.image_dim + self.text_dim + 1 + self.numeric_dim
+
+
+def _identity(*names: str) -> dict[str, str]:
+    return {name: name for name in names}
+
+
+def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
+    """Every model of the repository, composing models first, keyed by name."""
+    image = TensorSpec("image", "uint8", (dims.image_size, dims.image_size, 3))
+    image_embedding = TensorSpec("image_embedding", "float32", (dims.image_dim,))
+    input_ids = TensorSpec("input_ids", "int64", (-1,))
+    attention_mask = TensorSpec("attention_mask", "int64", (-1,))
+    text_embedding = TensorSpec("text_embedding", "float32", (dims.text_dim,))
+    has_image = TensorSpec("has_image", "float32", (1,))
+    numeric = TensorSpec("numeric_features", "float32", (dims.numeric_dim,))
+    mlp_log_price = TensorSpec("mlp_log_price", "float32", (1,))
+    retrieval_vector = TensorSpec("retrieval_vector", "float32", (RETRIEVAL_DIM,))
+    gbm_features = TensorSpec("gbm_features", "float32", (dims.gbm_dim,))
+    gbm_log_price = TensorSpec("gbm_log_price", "float32", (1,))
+
+    text_step = (TEXT_ENCODER, _identity("input_ids", "attention_mask"), _identity("text_embedding"))
+    fusion_step = (
+        FUSION,
+        _identity("image_embedding", "text_embedding", "has_image", "numeric_features"),
+        _identity("mlp_log_price", "retrieval_vector", "gbm_features"),
+    )
+    gbm_step = (LIGHTGBM, _identity("gbm_features"), _identity("gbm_log_price"))
+    outputs = (mlp_log_price, gbm_log_price, retrieval_vector)
+    models = [
+        ModelSpec(IMAGE_ENCODER, (image,), (image_embedding,)),
+        ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding,)),
+        ModelSpec(FUSION, (image_embedding, text_embedding, has_image, numeric),
+                  (mlp_log_price, retrieval_vector, gbm_features)),
+        ModelSpec(LIGHTGBM, (gbm_features,), (gbm_log_price,)),
+        ModelSpec(
+            ENSEMBLE,
+            (image, has_image, input_ids, attention_mask, numeric),
+            outputs,
+            steps=((IMAGE_ENCODER, _identity("image"), _identity("image_embedding")),
+                   text_step, fusion_step, gbm_step),
+        ),
+        # Rows without an image skip the image encoder: the client sends zero embeddings.
+        ModelSpec(
+            TEXT_ONLY_ENSEMBLE,
+            (image_embedding, has_image, input_ids, attention_mask, numeric),
+            outputs,
+            steps=(text_step, fusion_step, gbm_step),
+        ),
+    ]
+    return {model.name: model for model in models}

@@ -1,0 +1,424 @@
+"""OCR engines behind one interface, a crash-safe per-image cache, and a batch runner.
+
+Every engine reads an RGB uint8 ``[height, width, 3]`` array (what :func:`client.images.ocr_view`
+returns) and gives the recognised lines in reading order, joined by single spaces. Heavy
+engines are imported only when they are built, so a missing optional engine costs nothing
+until it is asked for, and then fails with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from client.errors import MissingDependencyError
+
+OCR_ENGINES = ("rapidocr", "paddleocr", "tesseract", "none")
+"""Names accepted by :func:`make_ocr_engine`; the first is the default."""
+
+DEFAULT_MIN_SCORE = 0.5
+
+_log = logging.getLogger(__name__)
+
+# A recognised line: its text, its confidence in [0, 1], its box as points (x, y).
+_Line = tuple[str, float, np.ndarray]
+
+
+class OcrEngine(ABC):
+    """Reads the text in an image.
+
+    Attributes:
+        name: The engine's name in :data:`OCR_ENGINES` (also the OCR cache's key).
+    """
+
+    name: str
+
+    @abstractmethod
+    def read(self, image: np.ndarray) -> str:
+        """Recognise the text in an image.
+
+        Args:
+            image: RGB uint8 array of shape ``[height, width, 3]``.
+
+        Returns:
+            The recognised lines, top-to-bottom then left-to-right, joined by single spaces;
+            ``""`` when nothing is found.
+        """
+
+
+class NoOcr(OcrEngine):
+    """OCR switched off: every image reads as ``""``."""
+
+    name = "none"
+
+    def __init__(self, threads: int | None = None) -> None:
+        del threads  # accepted for a uniform constructor
+
+    def read(self, image: np.ndarray) -> str:
+        """Return ``""`` (after checking the input like every engine)."""
+        _check_image(image)
+        return ""
+
+
+class RapidOcrEngine(OcrEngine):
+    """RapidOCR 3.x: PaddleOCR's PP-OCR models as ONNX, bundled in the wheel (works offline).
+
+    Args:
+        min_score: Lines recognised with a lower confidence are dropped.
+        threads: ONNX Runtime intra-op threads; None uses all cores.
+    """
+
+    name = "rapidocr"
+
+    def __init__(self, min_score: float = DEFAULT_MIN_SCORE, threads: int | None = None) -> None:
+        try:
+            from rapidocr import RapidOCR
+        except ImportError as error:
+            raise MissingDependencyError(
+                "OCR engine 'rapidocr' is not installed: pip install rapidocr onnxruntime"
+            ) from error
+        # "error", not "warning": rapidocr warns on every image without text.
+        params: dict[str, Any] = {"Global.log_level": "error", "Global.text_score": min_score}
+        if threads is not None:
+            params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
+        self.min_score = min_score
+        self._engine = RapidOCR(params=params)
+
+    def read(self, image: np.ndarray) -> str:
+        """Recognise text; the RGB input is handed to RapidOCR as the BGR array it expects."""
+        if _check_image(image) == 0:
+            return ""
+        # RapidOCR treats a 3-channel ndarray as OpenCV BGR (it converts only PIL/bytes/paths).
+        result = self._engine(np.ascontiguousarray(image[:, :, ::-1]))
+        texts, scores, boxes = (getattr(result, field, None) for field in ("txts", "scores", "boxes"))
+        if texts is None or scores is None or boxes is None:  # nothing detected
+            return ""
+        return join_lines(zip(texts, scores, boxes, strict=True), self.min_score)
+
+
+class PaddleOcrEngine(OcrEngine):
+    """PaddleOCR 3.x, from local model directories (no model host is reachable offline).
+
+    Args:
+        det_model_dir: Text-detection model folder; defaults to ``$PADDLEOCR_DET_MODEL_DIR``.
+        rec_model_dir: Text-recognition model folder; defaults to ``$PADDLEOCR_REC_MODEL_DIR``.
+        min_score: Lines recognised with a lower confidence are dropped.
+        threads: CPU threads for Paddle inference; None keeps PaddleOCR's default.
+
+    Raises:
+        MissingDependencyError: paddleocr is not installed, or no model folders are given.
+    """
+
+    name = "paddleocr"
+    INSTALL = "pip install paddleocr paddlepaddle"
+
+    def __init__(
+        self,
+        det_model_dir: Path | str | None = None,
+        rec_model_dir: Path | str | None = None,
+        min_score: float = DEFAULT_MIN_SCORE,
+        threads: int | None = None,
+    ) -> None:
+        try:
+            from paddleocr import PaddleOCR
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"OCR engine 'paddleocr' is not installed: {self.INSTALL}"
+            ) from error
+        det = det_model_dir or os.environ.get("PADDLEOCR_DET_MODEL_DIR")
+        rec = rec_model_dir or os.environ.get("PADDLEOCR_REC_MODEL_DIR")
+        if not det or not rec:
+            raise MissingDependencyError(
+                "OCR engine 'paddleocr' needs local model folders (it cannot download them offline): "
+                "pass det_model_dir and rec_model_dir, or set PADDLEOCR_DET_MODEL_DIR and "
+                "PADDLEOCR_REC_MODEL_DIR"
+            )
+        options: dict[str, Any] = {
+            "text_detection_model_dir": str(det),
+            "text_recognition_model_dir": str(rec),
+            "use_doc_orientation_classify": False,
+            "use_doc_unwarping": False,
+            "use_textline_orientation": False,
+            "enable_mkldnn": False,
+        }
+        if threads is not None:
+            options["cpu_threads"] = threads
+        self.min_score = min_score
+        self._engine = PaddleOCR(**options)
+
+    def read(self, image: np.ndarray) -> str:
+        """Recognise text; PaddleOCR, like OpenCV, takes BGR arrays."""
+        if _check_image(image) == 0:
+            return ""
+        lines: list[_Line] = []
+        for page in self._engine.predict(np.ascontiguousarray(image[:, :, ::-1])):
+            lines += zip(page["rec_texts"], page["rec_scores"], page["rec_polys"], strict=True)
+        return join_lines(lines, self.min_score)
+
+
+class TesseractEngine(OcrEngine):
+    """Tesseract through pytesseract (needs the ``tesseract`` program).
+
+    Args:
+        min_score: Words recognised with a lower confidence (0-1) are dropped.
+        lang: Tesseract language code(s).
+        threads: Ignored (Tesseract reads ``OMP_THREAD_LIMIT`` from the environment).
+
+    Raises:
+        MissingDependencyError: pytesseract or the tesseract program is missing.
+    """
+
+    name = "tesseract"
+    INSTALL = "pip install pytesseract, and the program: apt-get install tesseract-ocr"
+
+    def __init__(
+        self, min_score: float = DEFAULT_MIN_SCORE, lang: str = "eng", threads: int | None = None
+    ) -> None:
+        del threads
+        try:
+            import pytesseract
+        except ImportError as error:
+            raise MissingDependencyError(
+                f"OCR engine 'tesseract' is not installed: {self.INSTALL}"
+            ) from error
+        if shutil.which(pytesseract.pytesseract.tesseract_cmd) is None:
+            raise MissingDependencyError(
+                f"OCR engine 'tesseract' needs the tesseract program on PATH: {self.INSTALL}"
+            )
+        self._pytesseract = pytesseract
+        self.min_score = min_score
+        self.lang = lang
+
+    def read(self, image: np.ndarray) -> str:
+        """Recognise text word by word, keeping Tesseract's own line order."""
+        if _check_image(image) == 0:
+            return ""
+        data = self._pytesseract.image_to_data(
+            image, lang=self.lang, output_type=self._pytesseract.Output.DICT
+        )
+        lines: dict[tuple[int, int, int], list[str]] = {}
+        for i, word in enumerate(data["text"]):
+            if word.strip() and float(data["conf"][i]) >= self.min_score * 100:
+                key = (data["block_num"][i], data["par_num"][i], data["line_num"][i])
+                lines.setdefault(key, []).append(word.strip())
+        return " ".join(" ".join(words) for words in lines.values())
+
+
+_ENGINE_CLASSES: dict[str, type[OcrEngine]] = {
+    "rapidocr": RapidOcrEngine,
+    "paddleocr": PaddleOcrEngine,
+    "tesseract": TesseractEngine,
+    "none": NoOcr,
+}
+
+
+def make_ocr_engine(name: str, **options: Any) -> OcrEngine:
+    """Build an OCR engine by name.
+
+    Args:
+        name: One of :data:`OCR_ENGINES`.
+        **options: Passed to the engine's constructor (e.g. ``min_score``, ``threads``).
+
+    Raises:
+        ValueError: The name is unknown; the message lists the valid ones.
+        MissingDependencyError: The engine is not installed; the message says how to install it.
+    """
+    engine_class = _ENGINE_CLASSES.get(name)
+    if engine_class is None:
+        raise ValueError(f"unknown OCR engine {name!r}; choose one of: {', '.join(OCR_ENGINES)}")
+    return engine_class(**options)
+
+
+def join_lines(lines: Iterable[tuple[str, float, Any]], min_score: float = DEFAULT_MIN_SCORE) -> str:
+    """Join recognised lines in reading order: rows top-to-bottom, each row left-to-right.
+
+    Boxes whose vertical centres are within half a line height of a row's first box belong
+    to that row.
+
+    Args:
+        lines: ``(text, score, box)`` with ``box`` an array-like of ``(x, y)`` points.
+        min_score: Lines with a lower score, and blank lines, are dropped.
+
+    Returns:
+        The texts joined by single spaces.
+    """
+    kept = []
+    for text, score, box in lines:
+        if text.strip() and float(score) >= min_score:
+            points = np.asarray(box, dtype=np.float64).reshape(-1, 2)
+            top, bottom = points[:, 1].min(), points[:, 1].max()
+            kept.append(((top + bottom) / 2, bottom - top, points[:, 0].min(), text.strip()))
+    kept.sort()
+    rows: list[list[tuple[float, str]]] = []
+    row_centre = row_height = 0.0
+    for centre, height, left, text in kept:
+        if rows and abs(centre - row_centre) <= max(row_height, height) / 2:
+            rows[-1].append((left, text))
+        else:
+            rows.append([(left, text)])
+            row_centre, row_height = centre, height
+    return " ".join(text for row in rows for _, text in sorted(row))
+
+
+def _check_image(image: np.ndarray) -> int:
+    """Validate an engine's input; return its pixel count."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"OCR needs an RGB uint8 array [height, width, 3], got {dtype} {shape}")
+    return image.shape[0] * image.shape[1]
+
+
+class OcrCache:
+    """OCR results per (engine name, image sha256), in an append-only JSON-lines file.
+
+    Each :meth:`put` appends one complete line and flushes it, so a crash loses at most the
+    line being written; opening the cache drops such a torn last line. One process writes a
+    cache file at a time (:func:`run_ocr` writes from the calling process only).
+
+    Args:
+        path: The ``.jsonl`` file; created (with its folder) on the first :meth:`put`.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._texts: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+        if self.path.exists():
+            self._load()
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    def get(self, engine: str, sha256: str) -> str | None:
+        """The cached text for an image, or None when it was never read by this engine."""
+        return self._texts.get((engine, sha256))
+
+    def put(self, engine: str, sha256: str, text: str) -> None:
+        """Record an image's text (in memory and on disk)."""
+        line = json.dumps({"engine": engine, "sha256": sha256, "text": text}, ensure_ascii=False) + "\n"
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as file:
+                file.write(line)
+                file.flush()
+            self._texts[(engine, sha256)] = text
+
+    def _load(self) -> None:
+        raw = self.path.read_bytes()
+        complete = raw[: raw.rfind(b"\n") + 1]
+        if len(complete) < len(raw):  # a torn last line from a crash: drop it before appending
+            _log.warning(
+                "OCR cache %s: dropping a torn last line (%d bytes)", self.path, len(raw) - len(complete)
+            )
+            with self.path.open("r+b") as file:
+                file.truncate(len(complete))
+        for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                self._texts[(record["engine"], record["sha256"])] = record["text"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                _log.warning("OCR cache %s: skipping unreadable line %d", self.path, number)
+
+
+def run_ocr(
+    engine_name: str,
+    images: Sequence[tuple[str, np.ndarray]],
+    cache: OcrCache | None = None,
+    workers: int = 1,
+) -> dict[str, str]:
+    """OCR a batch of images, each distinct image once, reusing and filling the cache.
+
+    An image whose OCR raises is logged and reads as ``""`` (not cached), so one bad image
+    never stops a batch.
+
+    Args:
+        engine_name: One of :data:`OCR_ENGINES`.
+        images: ``(sha256, RGB uint8 array)`` pairs; repeated shas are read once.
+        cache: Where results are looked up first and stored as they arrive; None for none.
+        workers: Processes to run OCR in; each builds its engine once. 1 runs in-process.
+
+    Returns:
+        sha256 -> recognised text, for every sha in ``images``.
+
+    Raises:
+        ValueError: Unknown engine name.
+        MissingDependencyError: The engine is not installed.
+    """
+    if engine_name not in OCR_ENGINES:
+        raise ValueError(f"unknown OCR engine {engine_name!r}; choose one of: {', '.join(OCR_ENGINES)}")
+    if engine_name == "none":  # nothing to read, nothing worth caching
+        return {sha: "" for sha, _ in images}
+    texts: dict[str, str] = {}
+    todo: dict[str, np.ndarray] = {}
+    for sha, pixels in images:
+        cached = cache.get(engine_name, sha) if cache is not None else None
+        if cached is not None:
+            texts[sha] = cached
+        elif sha not in todo:
+            todo[sha] = pixels
+    for sha, text in _read_all(engine_name, todo, workers):
+        texts[sha] = text or ""
+        if text is not None and cache is not None:
+            cache.put(engine_name, sha, text)
+    return texts
+
+
+def _read_all(
+    engine_name: str, todo: Mapping[str, np.ndarray], workers: int
+) -> Iterator[tuple[str, str | None]]:
+    """Yield (sha, text or None on failure) in order, in-process or in a process pool."""
+    if not todo:
+        return
+    if workers <= 1 or len(todo) == 1:
+        engine = make_ocr_engine(engine_name)
+        for sha, pixels in todo.items():
+            yield sha, _safe_read(engine, sha, pixels)
+        return
+    workers = min(workers, len(todo))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_init_worker, initargs=(engine_name, threads)
+    ) as pool:
+        yield from zip(todo.keys(), pool.map(_read_in_worker, todo.keys(), todo.values()), strict=True)
+
+
+def _safe_read(engine: OcrEngine, sha: str, pixels: np.ndarray) -> str | None:
+    try:
+        return engine.read(pixels)
+    except Exception as error:  # an engine failing on one image must not stop the batch
+        _log.warning("OCR (%s) failed on image %s: %r", engine.name, sha, error)
+        return None
+
+
+_worker_engine: OcrEngine | None = None
+_worker_error: Exception | None = None
+
+
+def _init_worker(engine_name: str, threads: int) -> None:
+    """Build this worker process's engine once; keep a construction error to re-raise per task."""
+    global _worker_engine, _worker_error
+    try:
+        _worker_engine = make_ocr_engine(engine_name, threads=threads)
+    except Exception as error:  # re-raised in _read_in_worker, so the caller sees the real error
+        _worker_error = error
+
+
+def _read_in_worker(sha: str, pixels: np.ndarray) -> str | None:
+    if _worker_error is not None:
+        raise _worker_error
+    assert _worker_engine is not None
+    return _safe_read(_worker_engine, sha, pixels)

@@ -1,0 +1,341 @@
+"""`client predict`: a price for every row of a catalogue CSV.
+
+The rows go through in waves. While one wave is being inferred, the next is prepared in a
+thread (images fetched and decoded in parallel, OCR, tokenisation, catalogue features). Each
+wave is cut into batches of rows with and without an image and of similar token length, sent
+with a bounded number of requests in flight. As a batch returns, its rows get their retrieval
+estimate (one FAISS search per batch), are blended, and are appended to a journal. A rerun
+after a crash or a kill continues from the journal; the output CSV is written atomically at
+the end, in input order, one row per input row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from client.blend import COMPONENTS, blend, to_price
+from client.bundle import Deployment
+from client.catalog import numeric_feature_matrix
+from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, load_images
+from client.inference import InferenceBackend, InProcessBackend, TritonBackend
+from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
+from client.ocr import OcrCache, run_ocr
+from client.table import CatalogTable, read_catalog_csv
+from client.text import MAX_TEXT_CHARS, compose_text, length_batches
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multimodal-price"
+JOURNAL_SUFFIX = ".journal"
+DETAIL_COLUMNS = ("sample_id", "price", *COMPONENTS, "has_image", "image_status", "ocr_chars", "warnings")
+
+
+@dataclass
+class PredictConfig:
+    """Arguments of one prediction run."""
+
+    input_csv: Path
+    output_csv: Path
+    deployment: Path
+    urls: list[str] = field(default_factory=list)
+    images_dir: Path | None = None
+    cache_dir: Path = DEFAULT_CACHE_DIR
+    batch_size: int = 32
+    max_in_flight: int = 4
+    wave_rows: int = 1024
+    ocr_workers: int = 1
+    details_csv: Path | None = None
+    summary_json: Path | None = None
+    restart: bool = False
+    progress: bool = True
+
+    @property
+    def journal(self) -> Path:
+        return self.output_csv.with_name(self.output_csv.name + JOURNAL_SUFFIX)
+
+
+@dataclass
+class Wave:
+    """The prepared model inputs of a set of rows (row indices into the table)."""
+
+    rows: np.ndarray
+    pixels: list[np.ndarray | None]
+    image_status: list[str]
+    token_ids: list[np.ndarray]
+    numeric: np.ndarray
+    ocr_chars: list[int]
+    warnings: list[list[str]]
+    seconds: float = 0.0
+
+
+class Journal:
+    """Finished rows, one JSON line each, behind a header naming the input and the deployment.
+
+    A line is flushed and fsynced as its batch finishes, so a crash loses at most the batches in
+    flight; a torn last line is ignored when the journal is read back.
+    """
+
+    def __init__(self, path: Path, fingerprint: str, restart: bool):
+        self.path = path
+        self.records: dict[str, dict] = {}
+        if path.exists() and not restart:
+            self._load(fingerprint)
+        if not self.records:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
+        self._handle = path.open("a", encoding="utf-8")
+
+    def _load(self, fingerprint: str) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+        except json.JSONDecodeError:
+            header = {}
+        if header.get("fingerprint") != fingerprint:
+            logger.warning("%s belongs to another input or deployment: starting over", self.path)
+            return
+        for line in lines[1:]:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a crash: its rows are predicted again
+            self.records[record["sample_id"]] = record
+
+    def append(self, records: list[dict]) -> None:
+        self._handle.write("".join(json.dumps(r) + "\n" for r in records))
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        for record in records:
+            self.records[record["sample_id"]] = record
+
+    def close(self, remove: bool) -> None:
+        self._handle.close()
+        if remove:
+            self.path.unlink()
+
+
+def _fingerprint(input_csv: Path, deployment: Deployment) -> str:
+    digest = hashlib.sha256(input_csv.read_bytes())
+    digest.update(json.dumps(deployment.manifest["files"], sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def _row_warnings(text: str, status: ImageStatus, detail: str) -> list[str]:
+    warnings = []
+    if not text.strip():
+        warnings.append("empty catalog text")
+    elif len(text) > MAX_TEXT_CHARS:
+        warnings.append(f"catalog text of {len(text)} characters cut to {MAX_TEXT_CHARS}")
+    if status is ImageStatus.NO_LINK:
+        warnings.append("no image link: predicted from text")
+    elif status is not ImageStatus.OK:
+        warnings.append(f"image {status.value}: {detail}; predicted from text")
+    return warnings
+
+
+class Predictor:
+    """Prepares rows, runs the ensembles, retrieval and blend for one deployment."""
+
+    def __init__(self, deployment: Deployment, backend: InferenceBackend, fetcher: ImageFetcher,
+                 ocr_cache: OcrCache, ocr_workers: int):
+        self.deployment = deployment
+        self.settings = deployment.settings
+        self.backend = backend
+        self.fetcher = fetcher
+        self.ocr_cache = ocr_cache
+        self.ocr_workers = ocr_workers
+        self.tokenizer = deployment.tokenizer()
+        self.index = deployment.neighbour_index()
+        self.index.use_gpu()
+        self.weights = np.asarray(deployment.blend_weights)
+
+    def prepare(self, table: CatalogTable, rows: np.ndarray) -> Wave:
+        """Images, OCR, tokens and catalogue features of `rows` (runs in a worker thread)."""
+        started = time.perf_counter()
+        ocr = self.settings.ocr_engine != "none"
+        images = load_images(self.fetcher, [table.image_links[r] for r in rows],
+                             size=self.settings.image_size, ocr_max_side=OCR_MAX_SIDE if ocr else None)
+        texts_read = run_ocr(self.settings.ocr_engine,
+                             [(i.sha256, i.ocr_pixels) for i in images if i.has_image and i.ocr_pixels is not None],
+                             self.ocr_cache, workers=self.ocr_workers)
+        ocr_texts = [texts_read.get(i.sha256, "") if i.has_image else "" for i in images]
+        catalog = [table.texts[r] for r in rows]
+        return Wave(
+            rows=rows,
+            pixels=[i.pixels for i in images],
+            image_status=[ImageStatus(i.status).value for i in images],
+            token_ids=self.tokenizer.encode([compose_text(t, o) for t, o in zip(catalog, ocr_texts)]),
+            numeric=numeric_feature_matrix(catalog),
+            ocr_chars=[len(o) for o in ocr_texts],
+            warnings=[_row_warnings(t, ImageStatus(i.status), i.detail) for t, i in zip(catalog, images)],
+            seconds=time.perf_counter() - started,
+        )
+
+    def batches(self, wave: Wave, batch_size: int) -> list[tuple[str, np.ndarray, dict[str, np.ndarray]]]:
+        """(ensemble, wave positions, inputs) per request: rows with and without an image apart,
+        each cut into batches of similar token length."""
+        has_image = np.asarray([p is not None for p in wave.pixels])
+        requests = []
+        for with_image in (True, False):
+            positions = np.flatnonzero(has_image == with_image)
+            for batch in length_batches([len(wave.token_ids[p]) for p in positions], batch_size):
+                chosen = positions[batch]
+                input_ids, attention_mask = self.tokenizer.pad([wave.token_ids[p] for p in chosen])
+                inputs = {
+                    "has_image": np.full((len(chosen), 1), float(with_image), dtype=np.float32),
+                    "input_ids": input_ids,
+                    "attention_mask": attention_mask,
+                    "numeric_features": wave.numeric[chosen],
+                }
+                if with_image:
+                    inputs["image"] = np.stack([wave.pixels[p] for p in chosen])
+                else:
+                    inputs["image_embedding"] = np.zeros((len(chosen), self.settings.image_dim), dtype=np.float32)
+                requests.append((ENSEMBLE if with_image else TEXT_ONLY_ENSEMBLE, chosen, inputs))
+        return requests
+
+    def finish(self, table: CatalogTable, wave: Wave, positions: np.ndarray, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """Retrieval, blend and the journal records of one returned batch."""
+        retrieval = self.index.estimate(outputs["retrieval_vector"], k=self.settings.retrieval_k)
+        components = np.column_stack([outputs["mlp_log_price"][:, 0], outputs["gbm_log_price"][:, 0], retrieval])
+        prices = to_price(blend(components, self.weights))
+        component_prices = to_price(components)
+        records = []
+        for i, position in enumerate(positions):
+            records.append({
+                "sample_id": table.sample_ids[wave.rows[position]],
+                "price": float(prices[i]),
+                **{name: float(component_prices[i, c]) for c, name in enumerate(COMPONENTS)},
+                "has_image": int(wave.pixels[position] is not None),
+                "image_status": wave.image_status[position],
+                "ocr_chars": wave.ocr_chars[position],
+                "warnings": wave.warnings[position],
+            })
+        return records
+
+
+async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndarray, journal: Journal,
+                        config: PredictConfig, stats: dict) -> None:
+    waves = [todo[i : i + config.wave_rows] for i in range(0, len(todo), config.wave_rows)]
+    loop = asyncio.get_running_loop()
+    in_flight = asyncio.Semaphore(config.max_in_flight)
+    progress = tqdm(total=len(table), initial=len(table) - len(todo), unit="row", desc="predict",
+                    disable=not config.progress, smoothing=0.1)
+
+    async def run(ensemble: str, wave: Wave, positions: np.ndarray, inputs: dict[str, np.ndarray]) -> None:
+        async with in_flight:
+            started = time.perf_counter()
+            outputs = await predictor.backend.infer(ensemble, inputs)
+            stats["inference_s"] += time.perf_counter() - started
+        journal.append(predictor.finish(table, wave, positions, outputs))
+        progress.update(len(positions))
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
+        upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
+        for number in range(len(waves)):
+            wave = await upcoming
+            stats["prepare_s"] += wave.seconds
+            if number + 1 < len(waves):  # prepare the next wave while this one is inferred
+                upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
+            await asyncio.gather(*(run(e, wave, p, i) for e, p, i in predictor.batches(wave, config.batch_size)))
+            stats["image_status"].update(wave.image_status)
+            stats["ocr_rows"] += sum(1 for c in wave.ocr_chars if c)
+    progress.close()
+
+
+def _write_csv_atomically(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def make_backend(deployment: Deployment, urls: list[str]) -> InferenceBackend:
+    return TritonBackend(urls) if urls else InProcessBackend(deployment)
+
+
+async def predict_async(config: PredictConfig) -> dict:
+    """Runs a whole prediction; returns the summary (also written to `summary_json` if set).
+
+    Raises:
+        InputError: the CSV is unusable (before any work).
+        BundleError: the deployment fails its checksums, or a server serves other models.
+        InferenceError: the servers stayed unavailable past the retries (finished rows are
+            in the journal; rerun to continue).
+    """
+    started = time.perf_counter()
+    table = read_catalog_csv(config.input_csv)
+    deployment = Deployment.load(config.deployment)
+    backend = make_backend(deployment, config.urls)
+    try:
+        if isinstance(backend, TritonBackend):
+            await backend.verify(deployment)
+        predictor = Predictor(
+            deployment, backend,
+            ImageFetcher(config.images_dir, cache_dir=config.cache_dir / "images"),
+            OcrCache(config.cache_dir / "ocr_cache.jsonl"), config.ocr_workers,
+        )
+        journal = Journal(config.journal, _fingerprint(config.input_csv, deployment), config.restart)
+        resumed = sum(1 for sid in table.sample_ids if sid in journal.records)
+        todo = np.asarray([i for i, sid in enumerate(table.sample_ids) if sid not in journal.records], dtype=np.int64)
+        stats = {"prepare_s": 0.0, "inference_s": 0.0, "image_status": Counter(), "ocr_rows": 0}
+        try:
+            await _predict_rows(predictor, table, todo, journal, config, stats)
+        finally:
+            journal.close(remove=False)
+    finally:
+        await backend.close()
+
+    records = [journal.records[sid] for sid in table.sample_ids]
+    _write_csv_atomically(config.output_csv, ("sample_id", "price"), [[r["sample_id"], f"{r['price']:.4f}"] for r in records])
+    if config.details_csv:
+        _write_csv_atomically(config.details_csv, DETAIL_COLUMNS, [
+            [r["sample_id"], f"{r['price']:.4f}", *(f"{r[c]:.4f}" for c in COMPONENTS), r["has_image"],
+             r["image_status"], r["ocr_chars"], "; ".join(r["warnings"])] for r in records
+        ])
+    config.journal.unlink()
+    elapsed = time.perf_counter() - started
+    summary = {
+        "rows": len(table),
+        "predicted_now": len(todo),
+        "resumed_from_journal": resumed,
+        "backend": backend.describe(),
+        "images": {status.value: stats["image_status"][status.value] for status in ImageStatus},
+        "rows_with_ocr_text": stats["ocr_rows"],
+        "rows_with_warnings": sum(1 for r in records if r["warnings"]),
+        "seconds": {"total": elapsed, "prepare": stats["prepare_s"], "inference": stats["inference_s"]},
+        "rows_per_second": {
+            "total": len(todo) / elapsed if elapsed else 0.0,
+            "prepare": len(todo) / stats["prepare_s"] if stats["prepare_s"] else None,
+            "inference": len(todo) / stats["inference_s"] if stats["inference_s"] else None,
+        },
+    }
+    if isinstance(backend, TritonBackend):
+        summary["requests_per_server"] = dict(zip(backend.urls, backend.requests_per_server))
+    if config.summary_json:
+        config.summary_json.write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def predict(config: PredictConfig) -> dict:
+    """Synchronous wrapper of `predict_async`."""
+    return asyncio.run(predict_async(config))

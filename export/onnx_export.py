@@ -1,0 +1,133 @@
+"""ONNX export of each served model: a small exporter per model that names its inputs, outputs
+and dynamic axes, builds example inputs, and writes one self-contained `.onnx` file."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims, ModelSpec, served_models
+
+OPSET = 17
+EXPORT_BATCH = 3  # >= 2: exporting with a batch of 1 can freeze the batch axis
+
+
+class OnnxExporter(ABC):
+    """Exports one served model to `path`, with the tensor names of its ModelSpec."""
+
+    model_name: str
+
+    def __init__(self, dims: ModelDims):
+        self.spec: ModelSpec = served_models(dims)[self.model_name]
+        self.dims = dims
+
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        axes = {}
+        for tensor in (*self.spec.inputs, *self.spec.outputs):
+            axes[tensor.name] = {0: "batch"} | {i + 1: f"{tensor.name}_{i + 1}" for i, d in enumerate(tensor.shape) if d == -1}
+        return axes
+
+    @abstractmethod
+    def export(self, model, path: Path) -> Path: ...
+
+
+class TorchExporter(OnnxExporter):
+    """Exports an nn.Module in eval mode with the TorchScript exporter (dynamo=False: the dynamo
+    exporter needs `onnxscript`), weights inside the file (external_data=False)."""
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        generator = torch.Generator().manual_seed(0)
+        tensors = []
+        for tensor in self.spec.inputs:
+            shape = (EXPORT_BATCH, *(16 if d == -1 else d for d in tensor.shape))
+            if tensor.dtype == "uint8":
+                tensors.append(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator))
+            elif tensor.name == "attention_mask":
+                tensors.append(torch.ones(shape, dtype=torch.int64))
+            elif tensor.dtype == "int64":
+                tensors.append(torch.randint(1000, 2000, shape, dtype=torch.int64, generator=generator))
+            else:
+                tensors.append(torch.rand(shape, generator=generator))
+        return tuple(tensors)
+
+    def export(self, model: nn.Module, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with torch.inference_mode(False), torch.no_grad():
+            torch.onnx.export(
+                model.eval(),
+                self.example_inputs(),
+                str(path),
+                input_names=[t.name for t in self.spec.inputs],
+                output_names=[t.name for t in self.spec.outputs],
+                dynamic_axes=self.dynamic_axes(),
+                opset_version=OPSET,
+                do_constant_folding=True,
+                dynamo=False,
+                external_data=False,
+            )
+        onnx.checker.check_model(str(path))
+        return path
+
+
+class ImageEncoderExporter(TorchExporter):
+    model_name = IMAGE_ENCODER
+
+
+class TextEncoderExporter(TorchExporter):
+    model_name = TEXT_ENCODER
+
+
+class FusionExporter(TorchExporter):
+    model_name = FUSION
+
+
+class LightGbmExporter(OnnxExporter):
+    """Converts a LightGBM booster with onnxmltools (ai.onnx.ml TreeEnsembleRegressor).
+
+    With `split`, the trees go into TreeEnsemble nodes of at most that many trees whose outputs
+    are summed, which bounds the float32 accumulation error of large ensembles (onnxmltools
+    refuses a split larger than the tree count, so small models are converted whole). The
+    converter names its output `variable`; it is renamed to the spec's output name.
+    """
+
+    model_name = LIGHTGBM
+
+    def __init__(self, dims: ModelDims, split: int | None = 100):
+        super().__init__(dims)
+        self.split = split
+
+    def export(self, booster: lgb.Booster, path: Path) -> Path:
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+
+        (feature,) = self.spec.inputs
+        (output,) = self.spec.outputs
+        onnx_model = convert_lightgbm(
+            booster,
+            initial_types=[(feature.name, FloatTensorType([None, feature.shape[0]]))],
+            split=self.split if self.split and booster.num_trees() > self.split else None,
+        )
+        produced = onnx_model.graph.output[0].name
+        for node in onnx_model.graph.node:
+            node.output[:] = [output.name if name == produced else name for name in node.output]
+        onnx_model.graph.output[0].name = output.name
+        onnx.checker.check_model(onnx_model)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(onnx_model, str(path))
+        return path
+
+
+def onnx_opsets(path: Path) -> dict[str, int]:
+    """The opset of each domain a saved graph imports."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {(entry.domain or "ai.onnx"): int(entry.version) for entry in model.opset_import}
+
+
+def as_numpy_inputs(tensors: tuple[torch.Tensor, ...]) -> list[np.ndarray]:
+    return [t.numpy() for t in tensors]

@@ -1,0 +1,182 @@
+"""`export-bundle`: from a training output folder to a deployment folder.
+
+Exports the four models to ONNX, measures parity on real rows with the files reloaded from
+disk, writes the Triton configs, the client bundle, the manifest and MODEL_CARD.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client.blend import COMPONENTS
+from client.bundle import (
+    BLEND_FILE,
+    BUNDLE_DIR,
+    MODEL_FILE,
+    REPOSITORY_DIR,
+    TOKENIZER_FILE,
+    ServingSettings,
+    save_settings,
+    sha256_file,
+    write_manifest,
+)
+from client.catalog import NUMERIC_FEATURE_NAMES
+from client.images import ImageFetcher, load_images
+from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims
+from client.retrieval import NeighbourIndex
+from client.table import read_catalog_csv
+from client.text import compose_text
+from export.model_card import write_model_card
+from export.onnx_export import (
+    FusionExporter,
+    ImageEncoderExporter,
+    LightGbmExporter,
+    TextEncoderExporter,
+    onnx_opsets,
+)
+from export.parity import BATCH_SIZES, ParityResult, compare, load_session, raise_on_failure, run_in_batches
+from export.triton_config import write_repository_configs
+from training.encoders import load_image_encoder, load_text_encoder
+from training.features import extract_features, make_tokenizer
+from training.fusion import load_fusion
+from training.gbm import gbm_features, load_gbm
+from training.pipeline import BLEND_FILE as RUN_BLEND_FILE
+from training.pipeline import REPORT_FILE, RUN_FILE, TrainConfig
+from training.report import package_versions
+
+logger = logging.getLogger(__name__)
+
+PARITY_ROWS = 64
+
+
+@dataclass
+class ExportResult:
+    root: Path
+    parity: list[ParityResult]
+
+
+def _train_config(run_dir: Path) -> TrainConfig:
+    raw = json.loads((run_dir / RUN_FILE).read_text())["config"]
+    keep = {k: raw[k] for k in ("image_encoder", "text_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
+    images = Path(raw["images_dir"]) if raw.get("images_dir") else None
+    return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images, **keep)
+
+
+def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
+               check: bool = True) -> ExportResult:
+    """Exports a training run into `output` (model_repository/ + bundle/ + MODEL_CARD.md).
+
+    Args:
+        run_dir: a folder written by `train`.
+        output: the deployment folder; replaced if it exists.
+        tensorrt_fp16: enable TensorRT FP16 in the GPU configs (check its parity on the GPU).
+        parity_rows: real rows used for the encoders' parity checks (all rows for fusion/LightGBM).
+        check: raise ParityError when a bound is missed.
+
+    Raises:
+        ParityError: an exported graph misses its parity bound (with `check`).
+    """
+    config = _train_config(run_dir)
+    torch.manual_seed(config.seed)
+    image_encoder, image_identity = load_image_encoder(config.image_encoder)
+    text_encoder, text_identity, text_dir = load_text_encoder(config.text_encoder)
+    fusion = load_fusion(run_dir)
+    booster = load_gbm(run_dir)
+    dims = ModelDims(image_dim=image_identity["embedding_dim"], text_dim=text_identity["embedding_dim"],
+                     numeric_dim=len(NUMERIC_FEATURE_NAMES))
+
+    if output.exists():
+        shutil.rmtree(output)
+    repository, bundle = output / REPOSITORY_DIR, output / BUNDLE_DIR
+    paths = {name: repository / name / "1" / MODEL_FILE for name in (IMAGE_ENCODER, TEXT_ENCODER, FUSION, LIGHTGBM)}
+    ImageEncoderExporter(dims).export(image_encoder, paths[IMAGE_ENCODER])
+    TextEncoderExporter(dims).export(text_encoder, paths[TEXT_ENCODER])
+    FusionExporter(dims).export(fusion, paths[FUSION])
+    LightGbmExporter(dims).export(booster, paths[LIGHTGBM])
+
+    parity = measure_parity(config, run_dir, paths, image_encoder, text_encoder, fusion, booster, parity_rows)
+    for result in parity:
+        logger.info("parity %s", result.describe())
+    if check:
+        raise_on_failure(parity)
+
+    model_sha256 = {name: sha256_file(path) for name, path in paths.items()}
+    write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256)
+    for ensemble_dir in repository.iterdir():  # Triton wants a version folder for ensembles too
+        (ensemble_dir / "1").mkdir(exist_ok=True)
+
+    bundle.mkdir(parents=True)
+    tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
+    for name in (TOKENIZER_FILE, "special_tokens_map.json"):
+        shutil.copy(text_dir / name, bundle / name)
+    NeighbourIndex.load(run_dir).save(bundle)
+    run_blend = json.loads((run_dir / RUN_BLEND_FILE).read_text())
+    weights = run_blend[f"{run_blend['use']}_weights"]
+    (bundle / BLEND_FILE).write_text(json.dumps({"components": list(COMPONENTS), "weights": weights,
+                                                 "source": run_blend["use"]}, indent=2))
+    settings = ServingSettings(
+        image_size=dims.image_size, max_tokens=config.max_tokens,
+        pad_token=tokenizer.tokenizer.id_to_token(tokenizer.pad_id), ocr_engine=config.ocr_engine,
+        numeric_features=tuple(NUMERIC_FEATURE_NAMES), retrieval_k=config.retrieval_k,
+        image_dim=dims.image_dim, text_dim=dims.text_dim,
+    )
+    save_settings(bundle, settings)
+
+    report = json.loads((run_dir / REPORT_FILE).read_text())
+    details = {
+        "source_models": {"image_encoder": image_identity, "text_encoder": text_identity},
+        "training_run": str(run_dir),
+        "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
+        "versions": package_versions(),
+        "parity": [r.as_dict() for r in parity],
+        "validation_smape": report["validation_smape"],
+        "tensorrt_fp16": tensorrt_fp16,
+    }
+    write_model_card(output, config, report, details, settings)
+    write_manifest(output, details)
+    return ExportResult(output, parity)
+
+
+@torch.inference_mode()
+def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], image_encoder, text_encoder,
+                   fusion, booster, parity_rows: int) -> list[ParityResult]:
+    """Compares each exported graph with its source model on real rows of the training data."""
+    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip")
+    fetcher = ImageFetcher(config.images_dir, cache_dir=run_dir / "image_cache")
+    features = extract_features(table, fetcher, run_dir / "features", config.feature_settings())
+    results: list[ParityResult] = []
+
+    def check(model: str, inputs: dict[str, np.ndarray], references: list[np.ndarray], metrics: list[str]) -> None:
+        session = load_session(str(paths[model]))
+        runs = {size: run_in_batches(session, inputs, size) for size in BATCH_SIZES}
+        for i, (output, metric) in enumerate(zip([o.name for o in session.get_outputs()], metrics)):
+            results.append(compare(model, output, references[i], {s: r[i] for s, r in runs.items()}, metric))
+
+    with_image = np.flatnonzero(features.inputs.has_image)[:parity_rows]
+    if len(with_image):
+        prepared = load_images(fetcher, [table.image_links[i] for i in with_image])
+        pixels = np.stack([p.pixels for p in prepared if p.has_image])
+        check(IMAGE_ENCODER, {"image": pixels}, [image_encoder(torch.from_numpy(pixels)).numpy()], ["min_cosine"])
+
+    tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
+    rows = np.linspace(0, len(table) - 1, min(parity_rows, len(table))).astype(int)
+    texts = [compose_text(table.texts[i], features.ocr_texts[i]) for i in rows]
+    input_ids, attention_mask = tokenizer.pad(tokenizer.encode(texts))
+    reference = text_encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
+    check(TEXT_ENCODER, {"input_ids": input_ids, "attention_mask": attention_mask}, [reference], ["min_cosine"])
+
+    fusion_inputs = dict(zip(("image_embedding", "text_embedding", "has_image", "numeric_features"),
+                             (t.numpy() for t in features.inputs.tensors())))
+    log_price, vectors, gbm_vector = (t.numpy() for t in fusion(*features.inputs.tensors()))
+    check(FUSION, fusion_inputs, [log_price, vectors, gbm_vector], ["max_abs_diff", "min_cosine", "max_abs_diff"])
+
+    matrix = gbm_features(features.inputs)
+    check(LIGHTGBM, {"gbm_features": matrix}, [booster.predict(matrix).reshape(-1, 1)], ["fraction_within"])
+    return results

@@ -1,0 +1,101 @@
+"""Triton `config.pbtxt` files, generated from the model specs in `client.models`.
+
+The production profile is a GPU node running the onnxruntime backend: the neural models on
+`KIND_GPU`, LightGBM on `KIND_CPU` (ONNX Runtime's TreeEnsemble has no CUDA kernel), dynamic
+batching and warm-up on every composing model, and the ensembles chaining them. TensorRT FP16
+is opt-in (`tensorrt_fp16=True`), since its parity must be checked on the GPU it runs on.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from client.models import LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpec, served_models
+
+CONFIG_FILE = "config.pbtxt"
+MAX_QUEUE_DELAY_US = 2000
+WARMUP_BATCH = 8
+WARMUP_SEQUENCE = 16
+
+_DTYPES = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64}
+
+
+def _tensor(spec, cls):
+    return cls(name=spec.name, data_type=_DTYPES[spec.dtype], dims=list(spec.shape))
+
+
+def _warmup(spec: ModelSpec) -> mc.ModelWarmup:
+    warmup = mc.ModelWarmup(name=f"{spec.name}_warmup", batch_size=WARMUP_BATCH)
+    for tensor in spec.inputs:
+        warmup.inputs[tensor.name].CopyFrom(
+            mc.ModelWarmup.Input(
+                data_type=_DTYPES[tensor.dtype],
+                dims=[WARMUP_SEQUENCE if d == -1 else d for d in tensor.shape],
+                zero_data=tensor.name != "attention_mask",
+                random_data=tensor.name == "attention_mask",
+            )
+        )
+    return warmup
+
+
+def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: str | None = None) -> mc.ModelConfig:
+    """The ModelConfig of one served model (an ensemble when `spec.steps` is set)."""
+    config = mc.ModelConfig(
+        name=spec.name,
+        max_batch_size=MAX_BATCH_SIZE,
+        input=[_tensor(t, mc.ModelInput) for t in spec.inputs],
+        output=[_tensor(t, mc.ModelOutput) for t in spec.outputs],
+    )
+    if spec.is_ensemble:
+        config.platform = "ensemble"
+        for model, inputs, outputs in spec.steps:
+            config.ensemble_scheduling.step.append(
+                mc.ModelEnsembling.Step(model_name=model, model_version=-1, input_map=inputs, output_map=outputs)
+            )
+        return config
+
+    config.platform = "onnxruntime_onnx"
+    on_gpu = spec.name != LIGHTGBM
+    config.instance_group.append(
+        mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
+    )
+    config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
+    config.model_warmup.append(_warmup(spec))
+    if tensorrt_fp16 and on_gpu:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
+        accelerator.name = "tensorrt"
+        accelerator.parameters["precision_mode"] = "FP16"
+        accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
+    if model_sha256:
+        config.parameters["model_sha256"].string_value = model_sha256
+    return config
+
+
+def config_text(config: mc.ModelConfig) -> str:
+    return text_format.MessageToString(config)
+
+
+def parse_config(path: Path) -> mc.ModelConfig:
+    """Parses a config.pbtxt into tritonclient's ModelConfig message."""
+    return text_format.Parse(path.read_text(), mc.ModelConfig())
+
+
+def write_repository_configs(
+    repository: Path,
+    dims: ModelDims = ModelDims(),
+    *,
+    tensorrt_fp16: bool = False,
+    model_sha256: dict[str, str] | None = None,
+) -> list[Path]:
+    """Writes `<repository>/<model>/config.pbtxt` for every served model; returns the paths."""
+    paths = []
+    for spec in served_models(dims).values():
+        sha = (model_sha256 or {}).get(spec.name)
+        path = repository / spec.name / CONFIG_FILE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(config_text(model_config(spec, tensorrt_fp16=tensorrt_fp16, model_sha256=sha)))
+        paths.append(path)
+    return paths

@@ -1,0 +1,266 @@
+"""Tests of client.ocr: real OCR on rendered labels and a real product photo, cache, batch runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from client import ocr as ocr_module
+from client.errors import MissingDependencyError
+from client.images import ImageFetcher, load_images
+from client.ocr import (
+    OCR_ENGINES,
+    NoOcr,
+    OcrCache,
+    OcrEngine,
+    PaddleOcrEngine,
+    RapidOcrEngine,
+    TesseractEngine,
+    join_lines,
+    make_ocr_engine,
+    run_ocr,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
+IMAGES = DATA / "images"
+if not IMAGES.is_dir():
+    pytest.skip(
+        f"real data not found at {IMAGES} (the checkout must sit next to shared/)", allow_module_level=True
+    )
+
+pytestmark = pytest.mark.shared_data
+
+HAS_TESSERACT = importlib.util.find_spec("pytesseract") is not None and shutil.which("tesseract") is not None
+HAS_PADDLE = importlib.util.find_spec("paddleocr") is not None
+
+
+def label(*lines: str, color: tuple[int, int, int] = (0, 0, 0)) -> np.ndarray:
+    """Render printed text lines, black on white, as an RGB uint8 array.
+
+    The canvas is square: RapidOCR's detector scales the short side up to 736 px, so a wide,
+    short strip would cost several times more.
+    """
+    font = ImageFont.load_default(size=40)
+    image = Image.new("RGB", (480, 480), "white")
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((30, 20 + 70 * i), line, fill=color, font=font)
+    return np.asarray(image).copy()
+
+
+@pytest.fixture(scope="module")
+def rapid() -> RapidOcrEngine:
+    return RapidOcrEngine()
+
+
+def words(text: str) -> list[str]:
+    return text.upper().split()
+
+
+# -- engines ---------------------------------------------------------------------------------------
+
+
+def test_rapidocr_reads_rendered_label_in_order(rapid: RapidOcrEngine) -> None:
+    text = rapid.read(label("ORGANIC HONEY", "NET WT 12 OZ", "PACK OF 6"))
+    assert words(text) == ["ORGANIC", "HONEY", "NET", "WT", "12", "OZ", "PACK", "OF", "6"]
+
+
+def test_rapidocr_reads_real_product_photo(rapid: RapidOcrEngine) -> None:
+    prepared = load_images(ImageFetcher(IMAGES), [str(IMAGES / "21CqJblUm8L.jpg")], ocr_max_side=1024)[0]
+    assert prepared.ocr_pixels is not None
+    assert "BOAR'S HEAD" in rapid.read(prepared.ocr_pixels).upper()
+
+
+def test_rapidocr_blank_and_empty_images_read_nothing(rapid: RapidOcrEngine) -> None:
+    assert rapid.read(np.full((200, 300, 3), 255, np.uint8)) == ""
+    assert rapid.read(np.zeros((0, 10, 3), np.uint8)) == ""
+
+
+def test_rapidocr_gets_bgr(rapid: RapidOcrEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RapidOCR takes a 3-channel ndarray as OpenCV BGR, so RGB input must be reversed."""
+    seen: list[np.ndarray] = []
+
+    def fake(image: np.ndarray) -> SimpleNamespace:
+        seen.append(image)
+        return SimpleNamespace(
+            txts=("B", "A"),
+            scores=(0.9, 0.9),
+            boxes=np.array([[[50, 0], [90, 0], [90, 20], [50, 20]], [[0, 2], [40, 2], [40, 22], [0, 22]]]),
+        )
+
+    monkeypatch.setattr(rapid, "_engine", fake)
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    assert rapid.read(rgb) == "A B"  # same row: left to right
+    assert seen[0][0, 0].tolist() == [0, 0, 200]
+    assert seen[0].flags.c_contiguous
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((10, 10), np.uint8), np.zeros((10, 10, 4), np.uint8), np.zeros((10, 10, 3), np.float32)]
+)
+def test_engines_refuse_non_rgb_uint8(rapid: RapidOcrEngine, bad: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="RGB uint8"):
+        rapid.read(bad)
+    with pytest.raises(ValueError, match="RGB uint8"):
+        NoOcr().read(bad)
+
+
+def test_join_lines_reading_order_and_min_score() -> None:
+    def box(x: float, y: float, w: float = 40, h: float = 20) -> list[list[float]]:
+        return [[x, y], [x + w, y], [x + w, y + h], [x, y + h]]
+
+    lines = [
+        ("third", 0.9, box(0, 100)),
+        ("second", 0.9, box(60, 3)),  # same row as "first", slightly lower
+        ("first", 0.9, box(0, 0)),
+        ("noise", 0.2, box(0, 50)),
+        ("  ", 0.99, box(0, 70)),
+    ]
+    assert join_lines(lines, min_score=0.5) == "first second third"
+    assert join_lines(lines, min_score=0.1) == "first second noise third"
+
+
+def test_make_ocr_engine_names() -> None:
+    assert OCR_ENGINES == ("rapidocr", "paddleocr", "tesseract", "none")
+    assert isinstance(make_ocr_engine("rapidocr"), RapidOcrEngine)
+    none = make_ocr_engine("none")
+    assert isinstance(none, NoOcr) and none.read(label("HELLO")) == ""
+    with pytest.raises(ValueError) as error:
+        make_ocr_engine("bogus")
+    for name in OCR_ENGINES:
+        assert name in str(error.value)
+
+
+@pytest.mark.skipif(HAS_TESSERACT, reason="tesseract is installed here")
+def test_tesseract_missing_names_the_installs() -> None:
+    with pytest.raises(MissingDependencyError) as error:
+        make_ocr_engine("tesseract")
+    assert isinstance(error.value, ImportError)
+    assert "pip install pytesseract" in str(error.value)
+    assert "apt-get install tesseract-ocr" in str(error.value)
+
+
+@pytest.mark.skipif(not HAS_TESSERACT, reason="pytesseract or the tesseract program is not installed")
+def test_tesseract_reads_rendered_label() -> None:
+    assert "HONEY" in words(TesseractEngine().read(label("ORGANIC HONEY")))
+
+
+@pytest.mark.skipif(HAS_PADDLE, reason="paddleocr is installed here")
+def test_paddleocr_missing_names_the_install() -> None:
+    with pytest.raises(MissingDependencyError, match="pip install paddleocr paddlepaddle"):
+        PaddleOcrEngine(det_model_dir="/nonexistent/det", rec_model_dir="/nonexistent/rec")
+
+
+# -- cache -----------------------------------------------------------------------------------------
+
+
+def test_ocr_cache_round_trip(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "ocr.jsonl"
+    cache = OcrCache(path)
+    assert cache.get("rapidocr", "aa") is None
+    cache.put("rapidocr", "aa", "NET WT 12 oz – café")
+    cache.put("tesseract", "aa", "other engine")
+    reopened = OcrCache(path)
+    assert reopened.get("rapidocr", "aa") == "NET WT 12 oz – café"
+    assert reopened.get("tesseract", "aa") == "other engine"
+    assert reopened.get("rapidocr", "bb") is None
+    assert len(reopened) == 2
+
+
+def test_ocr_cache_survives_torn_last_line(tmp_path: Path) -> None:
+    path = tmp_path / "ocr.jsonl"
+    good = [json.dumps({"engine": "rapidocr", "sha256": sha, "text": sha.upper()}) for sha in ("aa", "bb")]
+    path.write_text("\n".join(good) + '\n{"engine": "rapidocr", "sha256": "cc", "te')  # crash mid-write
+    cache = OcrCache(path)
+    assert len(cache) == 2 and cache.get("rapidocr", "bb") == "BB"
+    assert cache.get("rapidocr", "cc") is None
+    cache.put("rapidocr", "cc", "CC")  # appending after the torn line must not glue onto it
+    reopened = OcrCache(path)
+    assert len(reopened) == 3 and reopened.get("rapidocr", "cc") == "CC"
+    assert all(json.loads(line) for line in path.read_text().splitlines())
+
+
+# -- batch runner ----------------------------------------------------------------------------------
+
+
+class CountingEngine(OcrEngine):
+    """Reads an image's mean intensity as text, counting calls."""
+
+    name = "rapidocr"
+    calls = 0
+
+    def read(self, image: np.ndarray) -> str:
+        CountingEngine.calls += 1
+        if image.shape[0] == 13:
+            raise RuntimeError("engine failure on this image")
+        return f"mean {image.mean():.0f}"
+
+
+@pytest.fixture()
+def counting(monkeypatch: pytest.MonkeyPatch) -> type[CountingEngine]:
+    CountingEngine.calls = 0
+    monkeypatch.setattr(ocr_module, "make_ocr_engine", lambda name, **options: CountingEngine())
+    return CountingEngine
+
+
+def test_run_ocr_uses_and_fills_cache(counting: type[CountingEngine], tmp_path: Path) -> None:
+    dark, light = np.full((8, 8, 3), 10, np.uint8), np.full((8, 8, 3), 200, np.uint8)
+    images = [("sha-dark", dark), ("sha-light", light), ("sha-dark", dark)]
+    path = tmp_path / "ocr.jsonl"
+    first = run_ocr("rapidocr", images, OcrCache(path))
+    assert first == {"sha-dark": "mean 10", "sha-light": "mean 200"}
+    assert counting.calls == 2  # the repeated image is read once
+
+    second = run_ocr("rapidocr", images, OcrCache(path))  # a fresh cache object, read from disk
+    assert second == first
+    assert counting.calls == 2  # nothing read again
+
+
+def test_run_ocr_failure_reads_empty_and_is_not_cached(
+    counting: type[CountingEngine], tmp_path: Path
+) -> None:
+    cache = OcrCache(tmp_path / "ocr.jsonl")
+    texts = run_ocr(
+        "rapidocr", [("bad", np.zeros((13, 8, 3), np.uint8)), ("ok", np.zeros((8, 8, 3), np.uint8))], cache
+    )
+    assert texts == {"bad": "", "ok": "mean 0"}
+    assert cache.get("rapidocr", "bad") is None and cache.get("rapidocr", "ok") == "mean 0"
+
+
+def test_run_ocr_rejects_unknown_engine() -> None:
+    with pytest.raises(ValueError, match="rapidocr"):
+        run_ocr("bogus", [("a", np.zeros((8, 8, 3), np.uint8))], None)
+
+
+def test_run_ocr_none_engine_reads_nothing(tmp_path: Path) -> None:
+    cache = OcrCache(tmp_path / "ocr.jsonl")
+    assert run_ocr("none", [("a", label("HELLO"))], cache) == {"a": ""}
+    assert len(cache) == 0
+
+
+def test_run_ocr_in_worker_processes(tmp_path: Path) -> None:
+    images = [("one", label("GREEN TEA")), ("two", label("DARK ROAST COFFEE")), ("three", label("SEA SALT"))]
+    cache = OcrCache(tmp_path / "ocr.jsonl")
+    texts = run_ocr("rapidocr", images, cache, workers=2)
+    assert {sha: words(text) for sha, text in texts.items()} == {
+        "one": ["GREEN", "TEA"],
+        "two": ["DARK", "ROAST", "COFFEE"],
+        "three": ["SEA", "SALT"],
+    }
+    assert OcrCache(cache.path).get("rapidocr", "two") == texts["two"]
+
+
+def test_run_ocr_worker_surfaces_missing_dependency(tmp_path: Path) -> None:
+    images = [("a", label("A")), ("b", label("B"))]
+    if HAS_TESSERACT:
+        pytest.skip("tesseract is installed here")
+    with pytest.raises(MissingDependencyError, match="tesseract"):
+        run_ocr("tesseract", images, None, workers=2)

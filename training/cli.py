@@ -1,0 +1,70 @@
+"""`train`: the training command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from client.errors import InputError
+from client.ocr import OCR_ENGINES
+from training.fusion import FusionTraining
+from training.gbm import GbmSettings
+from training.pipeline import TrainConfig, train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="train", description=__doc__.split(":", 1)[1].strip())
+    parser.add_argument("csv", type=Path, help="labelled CSV: sample_id, catalog_content, image_link, price")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder for every artifact")
+    parser.add_argument("--images", type=Path, help="folder of images, matched by the last segment of image_link")
+    parser.add_argument("--image-encoder", default=TrainConfig.image_encoder,
+                        help="'efficientnet-lite0' (offline default) or a CLIP hub id / local folder")
+    parser.add_argument("--text-encoder", default=TrainConfig.text_encoder,
+                        help="'all-MiniLM-L6-v2' (offline default) or a sentence-transformers hub id / folder")
+    parser.add_argument("--ocr", choices=OCR_ENGINES, default=TrainConfig.ocr_engine)
+    parser.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
+    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--epochs", type=int, default=FusionTraining.max_epochs, help="fusion MLP epochs (max)")
+    parser.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds, help="LightGBM rounds (max)")
+    parser.add_argument("--limit-rows", type=int, help="use only the first N rows (smoke runs)")
+    parser.add_argument("--skip-bad-prices", action="store_true",
+                        help="skip rows whose price is missing, non-numeric or <= 0 (default: refuse the file)")
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
+    config = TrainConfig(
+        csv=args.csv,
+        output=args.output,
+        images_dir=args.images,
+        image_encoder=args.image_encoder,
+        text_encoder=args.text_encoder,
+        ocr_engine=args.ocr,
+        max_tokens=args.max_tokens,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        bad_prices="skip" if args.skip_bad_prices else "refuse",
+        limit_rows=args.limit_rows,
+        fusion=FusionTraining(max_epochs=args.epochs, seed=args.seed),
+        gbm=GbmSettings(max_rounds=args.gbm_rounds, seed=args.seed),
+    )
+    try:
+        report = train(config)
+    except InputError as exc:
+        print(f"train: error: {exc}", file=sys.stderr)
+        return 2
+    summary = {k: round(v, 2) for k, v in report["validation_smape"].items()}
+    print(json.dumps({"validation_smape": summary, "rows": report["rows"],
+                      "seconds": round(report["timings"]["total_s"], 1)}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
