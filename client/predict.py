@@ -56,6 +56,7 @@ class PredictConfig:
     max_in_flight: int = 4
     wave_rows: int = 1024
     ocr_workers: int = 1
+    retries: int = 5
     details_csv: Path | None = None
     summary_json: Path | None = None
     restart: bool = False
@@ -269,8 +270,9 @@ def _write_csv_atomically(path: Path, header: tuple[str, ...], rows: list[list])
     os.replace(tmp, path)
 
 
-def make_backend(deployment: Deployment, urls: list[str]) -> InferenceBackend:
-    return TritonBackend(urls) if urls else InProcessBackend(deployment)
+def make_backend(deployment: Deployment, urls: list[str], retries: int = 5) -> InferenceBackend:
+    """Triton over gRPC when server URLs are given, else in-process ONNX Runtime."""
+    return TritonBackend(urls, retries=retries) if urls else InProcessBackend(deployment)
 
 
 async def predict_async(config: PredictConfig) -> dict:
@@ -285,7 +287,7 @@ async def predict_async(config: PredictConfig) -> dict:
     started = time.perf_counter()
     table = read_catalog_csv(config.input_csv)
     deployment = Deployment.load(config.deployment)
-    backend = make_backend(deployment, config.urls)
+    backend = make_backend(deployment, config.urls, config.retries)
     try:
         if isinstance(backend, TritonBackend):
             await backend.verify(deployment)

@@ -34,8 +34,7 @@ def _warmup(spec: ModelSpec) -> mc.ModelWarmup:
             mc.ModelWarmup.Input(
                 data_type=_DTYPES[tensor.dtype],
                 dims=[WARMUP_SEQUENCE if d == -1 else d for d in tensor.shape],
-                zero_data=tensor.name != "attention_mask",
-                random_data=tensor.name == "attention_mask",
+                zero_data=True,
             )
         )
     return warmup

@@ -24,6 +24,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="download and OCR cache")
     parser.add_argument("--batch-size", type=int, default=PredictConfig.batch_size, help="rows per request")
     parser.add_argument("--max-in-flight", type=int, default=PredictConfig.max_in_flight, help="requests in flight")
+    parser.add_argument("--retries", type=int, default=PredictConfig.retries,
+                        help="attempts per batch after the first while servers are unavailable")
     parser.add_argument("--ocr-workers", type=int, default=PredictConfig.ocr_workers, help="OCR processes")
     parser.add_argument("--details", type=Path, help="also write each component's estimate and warnings per row")
     parser.add_argument("--summary", type=Path, help="also write a JSON summary (rows, images, OCR, rows/s)")
@@ -37,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     summary = predict(PredictConfig(
         input_csv=args.input, output_csv=args.output, deployment=args.deployment, urls=args.url,
         images_dir=args.images, cache_dir=args.cache_dir, batch_size=args.batch_size,
-        max_in_flight=args.max_in_flight, ocr_workers=args.ocr_workers, details_csv=args.details,
+        max_in_flight=args.max_in_flight, ocr_workers=args.ocr_workers, retries=args.retries, details_csv=args.details,
         summary_json=args.summary, restart=args.restart, progress=not args.quiet,
     ))
     print(json.dumps({k: summary[k] for k in ("rows", "predicted_now", "resumed_from_journal", "rows_with_warnings")}))

@@ -1,0 +1,68 @@
+"""Session-scoped fixtures for the heavy parts: one training run on the bundled sample, its
+export, and a real Triton server over that export."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no model hub here: fail fast instead of retrying
+
+PROJECT = Path(__file__).resolve().parents[1]
+SAMPLE = PROJECT / "sample"
+SHARED_DATA = PROJECT.parent / "shared" / "data" / "amazon2025"
+
+# The two truncated photos of the bundled sample (kept exactly as published).
+TRUNCATED_SAMPLE_IDS = ("41876", "127274")
+
+
+def require_shared_data() -> Path:
+    """The real data set beside the checkout; skips the calling test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs ../shared/data/amazon2025 (not found at {SHARED_DATA})")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def sample_run(tmp_path_factory) -> Path:
+    """A small but complete training run on the bundled sample (3 epochs, 100 rounds)."""
+    from training.fusion import FusionTraining
+    from training.gbm import GbmSettings
+    from training.pipeline import TrainConfig, train
+
+    output = tmp_path_factory.mktemp("run")
+    train(TrainConfig(
+        csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images",
+        fusion=FusionTraining(max_epochs=3), gbm=GbmSettings(max_rounds=100),
+    ))
+    return output
+
+
+@pytest.fixture(scope="session")
+def deployment(sample_run, tmp_path_factory) -> Path:
+    """The export of `sample_run`: model_repository/, bundle/, MODEL_CARD.md."""
+    from export.pipeline import export_run
+
+    output = tmp_path_factory.mktemp("deploy") / "deployment"
+    export_run(sample_run, output)
+    return output
+
+
+@pytest.fixture
+def deployment_copy(deployment, tmp_path) -> Path:
+    """A private copy of the deployment, for tests that change files."""
+    return Path(shutil.copytree(deployment, tmp_path / "deployment"))
+
+
+@pytest.fixture(scope="session")
+def triton_server(deployment, tmp_path_factory):
+    """The real tritonserver (nvidia-pytriton's CPU build) serving the deployment over gRPC."""
+    from client.serve import LocalTritonServer
+
+    server = LocalTritonServer(deployment / "model_repository", work_dir=tmp_path_factory.mktemp("triton"))
+    server.start()
+    yield server
+    server.stop()

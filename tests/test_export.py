@@ -1,0 +1,120 @@
+"""Export: parity on real rows (batch sizes included), checksums, configs, and the CLIP path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from client.bundle import Deployment
+from client.errors import BundleError
+from client.images import ImageFetcher, load_images
+from client.models import ModelDims, served_models
+from client.table import read_catalog_csv
+from export.onnx_export import ImageEncoderExporter
+from export.parity import BATCH_SIZES, compare, load_session, run_in_batches
+from export.triton_config import parse_config
+from tests.conftest import PROJECT, SAMPLE
+
+ONNX_DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
+
+
+def test_parity_figures_meet_the_bounds_for_every_graph(deployment):
+    manifest = json.loads((deployment / "bundle" / "manifest.json").read_text())
+    checked = {(p["model"], p["output"]) for p in manifest["parity"]}
+    assert checked == {("image_encoder", "image_embedding"), ("text_encoder", "text_embedding"),
+                       ("fusion", "mlp_log_price"), ("fusion", "retrieval_vector"), ("fusion", "gbm_features"),
+                       ("lightgbm", "gbm_log_price")}
+    for parity in manifest["parity"]:
+        assert parity["passed"], parity
+        assert tuple(parity["batch_sizes"]) == BATCH_SIZES
+        assert parity["rows"] >= 50
+    card = (deployment / "MODEL_CARD.md").read_text()
+    assert "Export parity" in card and "image_encoder" in card
+
+
+def test_exported_image_encoder_matches_pytorch_at_every_batch_size(deployment):
+    """An independent re-check on real photos, with the file reloaded from disk."""
+    from training.encoders import load_image_encoder
+
+    table = read_catalog_csv(SAMPLE / "train.csv")
+    prepared = load_images(ImageFetcher(SAMPLE / "images"), table.image_links)
+    pixels = np.stack([p.pixels for p in prepared if p.has_image][:9])
+    encoder, _ = load_image_encoder()
+    with torch.inference_mode():
+        reference = encoder(torch.from_numpy(pixels)).numpy()
+    session = load_session(str(deployment / "model_repository" / "image_encoder" / "1" / "model.onnx"))
+    runs = {size: run_in_batches(session, {"image": pixels}, size)[0] for size in (1, 7, 9)}
+    result = compare("image_encoder", "image_embedding", reference, runs, "min_cosine")
+    assert result.passed and result.value >= 0.9999 and result.rows == 9
+
+
+def test_graph_io_matches_the_triton_configs(deployment):
+    dims = Deployment.load(deployment).settings.dims
+    for name, spec in served_models(dims).items():
+        config = parse_config(deployment / "model_repository" / name / "config.pbtxt")
+        config_tensors = [*config.input, *config.output]
+        spec_tensors = [*spec.inputs, *spec.outputs]
+        assert [(t.name, list(t.dims)) for t in config_tensors] == [(t.name, list(t.shape)) for t in spec_tensors]
+        if spec.is_ensemble:
+            continue
+        graph = onnx.load(str(deployment / "model_repository" / name / "1" / "model.onnx")).graph
+        graph_tensors = {v.name: v.type.tensor_type for v in (*graph.input, *graph.output)}
+        for tensor in spec_tensors:
+            graph_tensor = graph_tensors[tensor.name]
+            graph_dims = [d.dim_value if d.HasField("dim_value") else -1 for d in graph_tensor.shape.dim]
+            assert ONNX_DTYPES[graph_tensor.elem_type] == tensor.dtype, (name, tensor.name)
+            assert graph_dims == [-1, *tensor.shape], (name, tensor.name, graph_dims)
+
+
+def test_committed_repository_is_what_export_generates_for_the_offline_defaults(deployment):
+    for name in served_models(ModelDims()):
+        committed = parse_config(PROJECT / "model_repository" / name / "config.pbtxt")
+        exported = parse_config(deployment / "model_repository" / name / "config.pbtxt")
+        exported.parameters.clear()  # export adds each model file's SHA-256
+        assert committed == exported, name
+
+
+def test_tampered_bundle_file_is_detected(deployment_copy):
+    Deployment.load(deployment_copy)
+    blend = deployment_copy / "bundle" / "blend.json"
+    blend.write_text(blend.read_text().replace("0.", "0.9", 1))
+    (deployment_copy / "bundle" / "extra.txt").write_text("not exported")
+    with pytest.raises(BundleError) as error:
+        Deployment.load(deployment_copy)
+    assert "checksum mismatch: bundle/blend.json" in str(error.value)
+    assert "not in the manifest: bundle/extra.txt" in str(error.value)
+
+
+def test_tiny_clip_image_encoder_exports_and_matches(tmp_path):
+    """No CLIP weights load offline: a tiny random CLIPModel, saved and reloaded the real way."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from training.encoders import load_image_encoder
+
+    config = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 32},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 2, "image_size": 224, "patch_size": 32},
+        projection_dim=24,
+    )
+    torch.manual_seed(0)
+    CLIPModel(config).save_pretrained(tmp_path / "tiny-clip")
+    encoder, identity = load_image_encoder(str(tmp_path / "tiny-clip"))
+    assert identity["embedding_dim"] == 24
+
+    table = read_catalog_csv(SAMPLE / "train.csv")
+    prepared = load_images(ImageFetcher(SAMPLE / "images"), table.image_links)
+    pixels = np.stack([p.pixels for p in prepared if p.has_image][:8])
+    path = ImageEncoderExporter(ModelDims(image_dim=24)).export(encoder, tmp_path / "clip.onnx")
+    with torch.inference_mode():
+        reference = encoder(torch.from_numpy(pixels)).numpy()
+    session = load_session(str(path))
+    runs = {size: run_in_batches(session, {"image": pixels}, size)[0] for size in (1, 7, 8)}
+    result = compare("image_encoder", "image_embedding", reference, runs, "min_cosine")
+    assert result.passed, result.describe()
+    assert runs[8].shape == (8, 24)
