@@ -3,10 +3,12 @@ and dynamic axes, builds example inputs, and writes one self-contained `.onnx` f
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import lightgbm as lgb
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -120,6 +122,8 @@ class LightGbmExporter(OnnxExporter):
 
     def export(self, booster: lgb.Booster, path: Path) -> Path:
         from onnxmltools import convert_lightgbm
+
+        booster = float32_exact_thresholds(booster)
         from onnxmltools.convert.common.data_types import FloatTensorType
 
         (feature,) = self.spec.inputs
@@ -138,6 +142,27 @@ class LightGbmExporter(OnnxExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(onnx_model, str(path))
         return path
+
+
+def float32_exact_thresholds(booster: lgb.Booster) -> lgb.Booster:
+    """The same model with every split threshold moved to the largest float32 <= it.
+
+    LightGBM compares `x <= threshold` with a float64 threshold; ONNX's TreeEnsemble stores
+    float32 thresholds, and rounding to the nearest float32 can round up onto a feature value
+    that sits between the two, sending that row down the other branch. For float32 inputs
+    (LightGBM here is trained and served on float32 features) `x <= t` and `x <= down(t)`
+    always agree, so the model's predictions are unchanged and the conversion becomes exact.
+    """
+    def round_down(match: re.Match) -> str:
+        values = np.array(match.group(1).split(), dtype=np.float64)
+        down = values.astype(np.float32)
+        down = np.where(down.astype(np.float64) > values, np.nextafter(down, np.float32(-np.inf)), down)
+        return "threshold=" + " ".join(repr(float(v)) for v in down.astype(np.float64))
+
+    text = re.sub(r"^threshold=(.*)$", round_down, booster.model_to_string(), flags=re.M)
+    # the header's byte sizes of each tree no longer hold; without them LightGBM parses in order
+    text = re.sub(r"^tree_sizes=.*\n", "", text, flags=re.M)
+    return lgb.Booster(model_str=text)
 
 
 def onnx_opsets(path: Path) -> dict[str, int]:

@@ -118,3 +118,37 @@ def test_tiny_clip_image_encoder_exports_and_matches(tmp_path):
     result = compare("image_encoder", "image_embedding", reference, runs, "min_cosine")
     assert result.passed, result.describe()
     assert runs[8].shape == (8, 24)
+
+
+def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
+    """Rounding float64 thresholds to the nearest float32 sends rows that sit between the two
+    down the other branch; the exporter rounds each threshold down instead."""
+    import lightgbm as lgb
+
+    from export.onnx_export import LightGbmExporter
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(2000, 4)).astype(np.float32)
+    target = features[:, 0] * 2 + np.sin(features[:, 1] * 3)
+    booster = lgb.train({"objective": "regression", "num_leaves": 31, "verbosity": -1, "seed": 0},
+                        lgb.Dataset(features, target), num_boost_round=50)
+    # adversarial rows: a feature exactly at the nearest float32 above a split's float64 threshold
+    rows = []
+    for tree in booster.dump_model()["tree_info"]:
+        stack = [tree["tree_structure"]]
+        while stack:
+            node = stack.pop()
+            if "split_feature" in node:
+                nearest = np.float32(node["threshold"])
+                if float(nearest) > node["threshold"]:
+                    row = features[len(rows) % len(features)].copy()
+                    row[node["split_feature"]] = nearest
+                    rows.append(row)
+                stack += [node["left_child"], node["right_child"]]
+    assert len(rows) > 20
+    rows = np.stack(rows)
+
+    dims = ModelDims(image_dim=1, text_dim=1, numeric_dim=1)  # gbm_dim = 4
+    path = LightGbmExporter(dims).export(booster, tmp_path / "lightgbm.onnx")
+    exported = load_session(str(path)).run(None, {"gbm_features": rows})[0][:, 0]
+    np.testing.assert_allclose(exported, booster.predict(rows), atol=1e-5)
