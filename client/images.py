@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import random
+import socket
 import struct
 import tempfile
 import threading
@@ -134,6 +135,10 @@ class _RetryableError(Exception):
 
 class _NoAnswerError(_RetryableError):
     """A download attempt got no HTTP answer at all (no route, DNS failure, refused, timeout)."""
+
+
+class _UnresolvableHostError(_NoAnswerError):
+    """The host name does not resolve (DNS answered that it does not exist, or no DNS at all)."""
 
 
 def is_missing_link(link: object) -> bool:
@@ -319,10 +324,12 @@ class ImageFetcher:
         with self._lock:
             return 0 < self.max_host_failures <= self._host_failures[host]
 
-    def _record_host(self, host: str, *, reachable: bool) -> None:
+    def _record_host(self, host: str, *, reachable: bool, unresolvable: bool = False) -> None:
         with self._lock:
             if reachable:
                 self._host_failures.pop(host, None)
+            elif unresolvable:
+                self._host_failures[host] = max(self._host_failures[host] + 1, self.max_host_failures)
             else:
                 self._host_failures[host] += 1
 
@@ -335,6 +342,11 @@ class ImageFetcher:
                 result = self._download(url)
                 self._record_host(host, reachable=True)
                 return result
+            except _UnresolvableHostError as error:
+                # a name that does not resolve will not resolve a second later: no retries, and
+                # the host's other links fail at once
+                self._record_host(host, reachable=False, unresolvable=True)
+                return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: {error}")
             except _RetryableError as error:
                 last_error = str(error)
                 answered = answered or not isinstance(error, _NoAnswerError)
@@ -361,6 +373,8 @@ class ImageFetcher:
                 raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
             return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: HTTP {error.code} {error.reason}")
         except urllib.error.URLError as error:
+            if isinstance(error.reason, socket.gaierror):
+                raise _UnresolvableHostError(f"cannot resolve the host: {error.reason}") from error
             raise _NoAnswerError(f"cannot connect: {error.reason}") from error
         except TimeoutError as error:
             raise _NoAnswerError(f"timed out after {self.timeout_s:g} s") from error

@@ -1,12 +1,12 @@
 """`client predict`: a price for every row of a catalogue CSV.
 
 The rows go through in waves. While one wave is being inferred, the next is prepared in a
-thread (images fetched and decoded in parallel, OCR, tokenisation, catalogue features). Each
-wave is cut into batches of rows with and without an image and of similar token length, sent
-with a bounded number of requests in flight. As a batch returns, its rows get their retrieval
-estimate (one FAISS search per batch), are blended, and are appended to a journal. A rerun
-after a crash or a kill continues from the journal; the output CSV is written atomically at
-the end, in input order, one row per input row.
+thread (images fetched and decoded in parallel, OCR, tokenisation, catalogue features) and the
+previous one is finished: its retrieval estimates (one FAISS search per wave), blend, and
+journal. Each wave is cut into batches of rows with and without an image and of similar token
+length, sent with a bounded number of requests in flight. A rerun after a crash or a kill
+continues from the journal; the output CSV is written atomically at the end, in input order,
+one row per input row.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class PredictConfig:
     cache_dir: Path = DEFAULT_CACHE_DIR
     batch_size: int = 32
     max_in_flight: int = 4
-    wave_rows: int = 1024
+    wave_rows: int = 512
     ocr_workers: int = 1
     retries: int = 5
     details_csv: Path | None = None
@@ -84,8 +84,10 @@ class Wave:
 class Journal:
     """Finished rows, one JSON line each, behind a header naming the input and the deployment.
 
-    A line is flushed and fsynced as its batch finishes, so a crash loses at most the batches in
-    flight; a torn last line is ignored when the journal is read back.
+    A batch's lines are flushed as it finishes, so a crash or kill of this process loses at most
+    the batches in flight (the operating system keeps what was flushed; it is fsynced on close,
+    and a power cut can cost the last lines, which a rerun predicts again). A torn last line is
+    ignored when the journal is read back.
     """
 
     def __init__(self, path: Path, fingerprint: str, restart: bool):
@@ -117,14 +119,12 @@ class Journal:
     def append(self, records: list[dict]) -> None:
         self._handle.write("".join(json.dumps(r) + "\n" for r in records))
         self._handle.flush()
-        os.fsync(self._handle.fileno())
         for record in records:
             self.records[record["sample_id"]] = record
 
-    def close(self, remove: bool) -> None:
+    def close(self) -> None:
+        os.fsync(self._handle.fileno())
         self._handle.close()
-        if remove:
-            self.path.unlink()
 
 
 def _fingerprint(input_csv: Path, deployment: Deployment) -> str:
@@ -229,31 +229,58 @@ class Predictor:
 
 async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndarray, journal: Journal,
                         config: PredictConfig, stats: dict) -> None:
+    """Runs the waves through a three-stage pipeline: while wave k is inferred, wave k+1 is
+    prepared in a thread and wave k-1 is finished (one FAISS search for the whole wave, which
+    is far cheaper than one per batch) and journaled."""
+    # Waves of rows of similar text length make batches of similar token length, with little
+    # padding; the output is put back in input order at the end.
+    todo = todo[np.argsort([len(table.texts[i]) for i in todo], kind="stable")]
     waves = [todo[i : i + config.wave_rows] for i in range(0, len(todo), config.wave_rows)]
     loop = asyncio.get_running_loop()
     in_flight = asyncio.Semaphore(config.max_in_flight)
     progress = tqdm(total=len(table), initial=len(table) - len(todo), unit="row", desc="predict",
                     disable=not config.progress, smoothing=0.1)
 
-    async def run(ensemble: str, wave: Wave, positions: np.ndarray, inputs: dict[str, np.ndarray]) -> None:
+    async def infer(ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         async with in_flight:
             started = time.perf_counter()
             outputs = await predictor.backend.infer(ensemble, inputs)
             stats["inference_s"] += time.perf_counter() - started
-        journal.append(predictor.finish(table, wave, positions, outputs))
-        progress.update(len(positions))
+        progress.update(len(inputs["input_ids"]))
+        return outputs
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
-        upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
-        for number in range(len(waves)):
-            wave = await upcoming
-            stats["prepare_s"] += wave.seconds
-            if number + 1 < len(waves):  # prepare the next wave while this one is inferred
-                upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
-            await asyncio.gather(*(run(e, wave, p, i) for e, p, i in predictor.batches(wave, config.batch_size)))
-            stats["image_status"].update(wave.image_status)
-            stats["ocr_rows"] += sum(1 for c in wave.ocr_chars if c)
-    progress.close()
+    async def finish(wave: Wave, positions: list[np.ndarray], tasks: list[asyncio.Task]) -> None:
+        outputs = await asyncio.gather(*tasks)
+        merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
+        journal.append(predictor.finish(table, wave, np.concatenate(positions), merged))
+        stats["image_status"].update(wave.image_status)
+        stats["ocr_rows"] += sum(1 for c in wave.ocr_chars if c)
+
+    started: list[asyncio.Task] = []
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
+            upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
+            previous = None
+            for number in range(len(waves)):
+                wave = await upcoming
+                stats["prepare_s"] += wave.seconds
+                if number + 1 < len(waves):
+                    upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
+                batches = predictor.batches(wave, config.batch_size)
+                tasks = [asyncio.create_task(infer(ensemble, inputs)) for ensemble, _, inputs in batches]
+                started += tasks
+                if previous is not None:
+                    await finish(*previous)
+                previous = (wave, [positions for _, positions, _ in batches], tasks)
+            if previous is not None:
+                await finish(*previous)
+    except BaseException:
+        for task in started:  # stop what is still running: what finished is in the journal
+            task.cancel()
+        await asyncio.gather(*started, return_exceptions=True)
+        raise
+    finally:
+        progress.close()
 
 
 def _write_csv_atomically(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
@@ -303,7 +330,7 @@ async def predict_async(config: PredictConfig) -> dict:
         try:
             await _predict_rows(predictor, table, todo, journal, config, stats)
         finally:
-            journal.close(remove=False)
+            journal.close()
     finally:
         await backend.close()
 

@@ -19,11 +19,9 @@ SHARED_DATA = PROJECT.parent / "shared" / "data" / "amazon2025"
 TRUNCATED_SAMPLE_IDS = ("41876", "127274")
 
 
-def require_shared_data() -> Path:
-    """The real data set beside the checkout; skips the calling test where it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"needs ../shared/data/amazon2025 (not found at {SHARED_DATA})")
-    return SHARED_DATA
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"needs ../shared/data/amazon2025 beside the checkout (not at {SHARED_DATA})"
+)
 
 
 @pytest.fixture(scope="session")

@@ -32,15 +32,10 @@ from client.images import (
     prepare_image,
     summarise,
 )
+from tests.conftest import SHARED_DATA, needs_shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
-IMAGES = DATA / "images"
-if not IMAGES.is_dir():
-    pytest.skip(
-        f"real data not found at {IMAGES} (the checkout must sit next to shared/)", allow_module_level=True
-    )
-
-pytestmark = pytest.mark.shared_data
+IMAGES = SHARED_DATA / "images"
+pytestmark = needs_shared_data
 
 GOOD = "21CqJblUm8L.jpg"  # 200x200 product photo
 WIDE = "21DflYyJ4PL.jpg"  # 275x183
@@ -433,6 +428,22 @@ def test_dead_host_is_skipped_after_repeated_failures() -> None:
     details = [fetcher.fetch(f"http://127.0.0.1:{port}/{i}.jpg").detail for i in range(3)]
     assert "not tried" not in details[1]
     assert "not tried" in details[2]
+
+
+def test_unresolvable_host_is_not_retried_and_its_other_links_fail_at_once(monkeypatch) -> None:
+    """Name resolution is replaced here: a real lookup would leave this machine."""
+    lookups = Counter()
+
+    def no_such_host(host, *args, **kwargs):
+        lookups[host] += 1
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    fetcher = quick_fetcher(retries=3)
+    first, second = (fetcher.fetch(f"http://images.example.invalid/{i}.jpg") for i in range(2))
+    assert first.status is second.status is ImageStatus.UNREACHABLE
+    assert "cannot resolve the host" in first.detail and "not tried" in second.detail
+    assert lookups["images.example.invalid"] == 1
 
 
 def test_fetch_many_preserves_order(server: str, hits: Counter[str]) -> None:

@@ -27,15 +27,10 @@ from client.ocr import (
     make_ocr_engine,
     run_ocr,
 )
+from tests.conftest import SHARED_DATA, needs_shared_data
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
-IMAGES = DATA / "images"
-if not IMAGES.is_dir():
-    pytest.skip(
-        f"real data not found at {IMAGES} (the checkout must sit next to shared/)", allow_module_level=True
-    )
-
-pytestmark = pytest.mark.shared_data
+IMAGES = SHARED_DATA / "images"
+pytestmark = needs_shared_data
 
 HAS_TESSERACT = importlib.util.find_spec("pytesseract") is not None and shutil.which("tesseract") is not None
 HAS_PADDLE = importlib.util.find_spec("paddleocr") is not None

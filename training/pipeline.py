@@ -33,7 +33,7 @@ from client.images import ImageFetcher, summarise
 from client.retrieval import DEFAULT_K, NeighbourIndex
 from client.table import BadPricePolicy, CatalogTable, read_catalog_csv
 from training.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER
-from training.features import FeatureSettings, Features, extract_features
+from training.features import Features, FeatureSettings, extract_features
 from training.fusion import FusionTraining, predict_fusion, save_fusion, train_fusion
 from training.gbm import GbmSettings, gbm_features, save_gbm, train_gbm
 from training.report import package_versions, write_plots, write_validation_predictions
