@@ -140,7 +140,7 @@ def test_server_killed_mid_run_then_restarted_resumes_without_loss_or_duplicates
     journal = output.with_name(output.name + ".journal")
     config = PredictConfig(input_csv=labelled_rows_csv, output_csv=output, deployment=deployment,
                            cache_dir=cache_dir, images_dir=SAMPLE / "images", urls=[server.url],
-                           batch_size=4, max_in_flight=1, retries=1, progress=False)
+                           batch_size=4, wave_rows=16, max_in_flight=1, retries=1, progress=False)
 
     def kill_when_some_rows_are_done():
         deadline = time.monotonic() + 120
