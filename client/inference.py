@@ -103,7 +103,7 @@ class TritonBackend(InferenceBackend):
         if not urls:
             raise ValueError("TritonBackend needs at least one server URL")
         self.urls = list(urls)
-        self.clients = [grpc_aio.InferenceServerClient(url) for url in self.urls]
+        self.clients = [grpc_aio.InferenceServerClient(url, channel_args=_channel_args()) for url in self.urls]
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
@@ -175,6 +175,27 @@ class TritonBackend(InferenceBackend):
     async def close(self) -> None:
         for client in self.clients:
             await client.close()
+
+
+def _channel_args() -> list[tuple[str, int]]:
+    """tritonclient's defaults, plus a subchannel pool of this client's own and short reconnect
+    backoff: with gRPC's process-wide pool, a new client to a server that just restarted on the
+    same address inherits the old connection's failure backoff (up to minutes) and is refused
+    even though the server is up. This client retries UNAVAILABLE itself."""
+    from tritonclient.grpc import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
 
 
 def _is_unavailable(error) -> bool:

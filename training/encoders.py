@@ -115,12 +115,13 @@ class EfficientNetLiteBackbone(nn.Module):
 class ClipVisionBackbone(nn.Module):
     """CLIP's vision tower and projection: the image embedding of CLIP's joint space."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, vision_model: nn.Module, visual_projection: nn.Module):
         super().__init__()
-        self.model = model
+        self.vision_model = vision_model
+        self.visual_projection = visual_projection
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=pixels).image_embeds
+        return self.visual_projection(self.vision_model(pixel_values=pixels).pooler_output)
 
 
 def _efficientnet_lite0_weights() -> Path:
@@ -168,10 +169,13 @@ def load_image_encoder(name_or_path: str = OFFLINE_IMAGE_ENCODER) -> tuple[Image
         network.load_state_dict(state)
         backbone, normalisation = EfficientNetLiteBackbone(network), EFFICIENTNET_LITE_NORMALISATION
     else:
-        from transformers import CLIPVisionModelWithProjection
+        from transformers import CLIPModel
 
-        model = CLIPVisionModelWithProjection.from_pretrained(name_or_path)
-        backbone, normalisation = ClipVisionBackbone(model), CLIP_NORMALISATION
+        # the whole model: CLIPVisionModelWithProjection would take projection_dim from the
+        # vision config, which checkpoints leave at its default, not the model's
+        model = CLIPModel.from_pretrained(name_or_path)
+        backbone = ClipVisionBackbone(model.vision_model, model.visual_projection)
+        normalisation = CLIP_NORMALISATION
     encoder = ImageEncoder(backbone, identity["embedding_dim"], normalisation).eval()
     return encoder, identity
 
