@@ -13,6 +13,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from client.bundle import MODEL_SHA_PARAMETER
 from client.models import LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpec, served_models
 
 CONFIG_FILE = "config.pbtxt"
@@ -69,7 +70,7 @@ def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: 
         accelerator.parameters["precision_mode"] = "FP16"
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
     if model_sha256:
-        config.parameters["model_sha256"].string_value = model_sha256
+        config.parameters[MODEL_SHA_PARAMETER].string_value = model_sha256
     return config
 
 
