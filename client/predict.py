@@ -12,6 +12,7 @@ one row per input row.
 from __future__ import annotations
 
 import asyncio
+import csv
 import hashlib
 import json
 import logging
@@ -284,8 +285,6 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
 
 
 def _write_csv_atomically(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
-    import csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
