@@ -120,11 +120,13 @@ class TritonBackend(InferenceBackend):
             BundleError: a server serves other model files than the bundle was exported with.
             InferenceError: a server cannot be reached or lacks a model.
         """
-        for url, client in zip(self.urls, self.clients):
+        for index, url in enumerate(self.urls):
             for name, spec in served_models(deployment.settings.dims).items():
                 if spec.is_ensemble:
                     continue
-                config = await self._with_retries(lambda c=client, n=name: c.get_model_config(n, as_json=False), url)
+                config, _ = await self._with_retries(
+                    lambda client, model=name: client.get_model_config(model, as_json=False), server=index
+                )
                 served = config.config.parameters[MODEL_SHA_PARAMETER].string_value
                 if served != deployment.model_sha256(name):
                     raise BundleError(
@@ -146,20 +148,20 @@ class TritonBackend(InferenceBackend):
         async def send(client):
             return await client.infer(ensemble, request_inputs, outputs=outputs, client_timeout=self.timeout_s)
 
-        result = await self._with_retries(send)
+        result, server = await self._with_retries(send)
+        self.requests_per_server[server] += 1
         return {name: result.as_numpy(name) for name in ENSEMBLE_OUTPUTS}
 
-    async def _with_retries(self, call, url: str | None = None):
-        """Runs `call(client)` (or `call()` for a fixed client), retrying UNAVAILABLE only."""
+    async def _with_retries(self, call, server: int | None = None):
+        """Runs `await call(client)` on the next server in turn (or on `server` only), retrying
+        UNAVAILABLE only; returns (result, index of the server that answered)."""
         from tritonclient.utils import InferenceServerException
 
         last_error = None
         for attempt in range(self.retries + 1):
-            index = next(self._next) if url is None else self.urls.index(url)
+            index = next(self._next) if server is None else server
             try:
-                result = await (call(self.clients[index]) if url is None else call())
-                self.requests_per_server[index] += 1
-                return result
+                return await call(self.clients[index]), index
             except InferenceServerException as error:
                 if not _is_unavailable(error):
                     raise InferenceError(f"{self.urls[index]}: {error.message()}") from error

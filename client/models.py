@@ -46,9 +46,6 @@ class ModelSpec:
     def is_ensemble(self) -> bool:
         return bool(self.steps)
 
-    def input(self, name: str) -> TensorSpec:
-        return next(t for t in self.inputs if t.name == name)
-
 
 @dataclass(frozen=True)
 class ModelDims:

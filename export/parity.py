@@ -99,8 +99,8 @@ def compare(model: str, output: str, reference: np.ndarray, runs: dict[int, np.n
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     outputs = {size: np.asarray(out, dtype=np.float64).reshape(len(out), -1) for size, out in runs.items()}
     scores = {size: _score(metric, reference, out) for size, out in outputs.items()}
-    worst_size = min(scores, key=lambda s: scores[s][0]) if metric != "max_abs_diff" else max(scores, key=lambda s: scores[s][0])
-    value, worst_row, _ = scores[worst_size]
+    higher_is_better = metric != "max_abs_diff"
+    value, worst_row, _ = (min if higher_is_better else max)(scores.values(), key=lambda score: score[0])
     first = next(iter(outputs.values()))
     return ParityResult(
         model=model, output=output, rows=len(reference), metric=metric, value=value, bound=BOUNDS[metric],

@@ -29,7 +29,7 @@ from client.bundle import (
 )
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, load_images
-from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims
+from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
 from client.retrieval import NeighbourIndex
 from client.table import read_catalog_csv
 from client.text import compose_text
@@ -109,8 +109,9 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
 
     model_sha256 = {name: sha256_file(path) for name, path in paths.items()}
     write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256)
-    for ensemble_dir in repository.iterdir():  # Triton wants a version folder for ensembles too
-        (ensemble_dir / "1").mkdir(exist_ok=True)
+    for spec in served_models(dims).values():
+        if spec.is_ensemble:  # Triton wants a version folder for ensembles too
+            (repository / spec.name / "1").mkdir(exist_ok=True)
 
     bundle.mkdir(parents=True)
     tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)

@@ -87,7 +87,6 @@ def test_reproduces_the_reported_validation_predictions(tmp_path, deployment, ca
 def test_truncated_and_non_image_files_still_get_a_price_and_a_warning(tmp_path, deployment, cache_dir):
     not_an_image = tmp_path / "photo.jpg"
     not_an_image.write_text("<html>this is not a JPEG</html>")
-    truncated = next((SAMPLE / "images").glob("*"))  # replaced below by a known truncated photo
     with (SAMPLE / "train.csv").open(newline="", encoding="utf-8") as handle:
         rows = {r["sample_id"]: r for r in csv.DictReader(handle)}
     truncated = SAMPLE / "images" / rows[TRUNCATED_SAMPLE_IDS[0]]["image_link"].rsplit("/", 1)[-1]
@@ -119,6 +118,26 @@ def test_missing_column_is_refused_before_any_inference(tmp_path, deployment, ca
         run_predict(tmp_path, deployment, cache_dir, path, "refused", urls=[triton_server.url])
     assert client.get_inference_statistics("", as_json=True) == before
     assert not (tmp_path / "refused.csv").exists()
+
+
+def test_a_server_serving_other_model_files_is_refused_before_any_work(
+        tmp_path, deployment_copy, cache_dir, triton_server):
+    """The client's bundle is re-exported with a changed fusion file (same weights, other bytes):
+    self-consistent, but not what the server serves."""
+    import onnx
+
+    from client.bundle import write_manifest
+    from client.errors import BundleError
+
+    fusion = deployment_copy / "model_repository" / "fusion" / "1" / "model.onnx"
+    model = onnx.load(str(fusion))
+    model.doc_string = "re-exported"
+    onnx.save(model, str(fusion))
+    manifest = json.loads((deployment_copy / "bundle" / "manifest.json").read_text())
+    write_manifest(deployment_copy, {k: v for k, v in manifest.items() if k != "files"})
+    with pytest.raises(BundleError, match="serves fusion with SHA-256"):
+        run_predict(tmp_path, deployment_copy, cache_dir, SAMPLE / "test.csv", "mismatch", urls=[triton_server.url])
+    assert not (tmp_path / "mismatch.csv").exists()
 
 
 def test_two_servers_share_the_load(tmp_path, deployment, cache_dir, triton_server, labelled_rows_csv):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from client.retrieval import NeighbourIndex, l2_normalise
+from client.retrieval import NeighbourIndex
+
+
+def l2_normalise(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
 def _index():

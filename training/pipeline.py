@@ -176,11 +176,11 @@ def train(config: TrainConfig) -> dict:
     write_plots(out / "plots", val_prices, predictions["blend_fitted"])
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     (out / RUN_FILE).write_text(json.dumps({
-        "config": _jsonable(asdict(config)),
+        "config": asdict(config),
         "models": features.encoder_identities,
         "numeric_features": list(NUMERIC_FEATURE_NAMES),
         "versions": package_versions(),
-    }, indent=2))
+    }, indent=2, default=str))
     return report
 
 
@@ -206,10 +206,3 @@ def _report(config, table: CatalogTable, features: Features, train_rows, val_row
         "timings": timings,
     }
 
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, Path):
-        return str(value)
-    return value
