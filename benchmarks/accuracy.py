@@ -1,16 +1,24 @@
-"""Validation SMAPE of a training run beside a TF-IDF + Ridge baseline on the same split.
+"""Validation SMAPE of the default training, per component and blend, beside TF-IDF + Ridge on
+the same rows, for one or more seeds.
 
-    python benchmarks/accuracy.py RUN_DIR
+    python benchmarks/accuracy.py [--seeds 42 7] [--output runs/accuracy] [--csv ... --images ...]
 
-The baseline (word 1-2-grams + char 2-5-grams, Ridge on log1p(price)) is trained on the run's
-training rows and scored on its validation rows, read from RUN_DIR/split.json.
+Each seed gets a full default training run (`train`) in OUTPUT/seed-<seed>, split grouped by
+image_link: 20% validation rows, which no model or blend weight sees. A seed whose run folder
+already holds a report is not retrained (`--retrain` forces it). Later seeds start from a copy of
+the first seed's feature store (image embeddings and OCR do not depend on the seed), so only the
+first seed's wall time is a training from scratch.
+
+The baseline (word 1-2-grams + char_wb 2-5-grams TF-IDF, Ridge on log1p(price)) is trained on
+all non-validation rows of the same split (fit and blend rows) and scored on its validation rows.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -22,48 +30,84 @@ from sklearn.linear_model import Ridge
 
 from client.blend import smape, to_price
 from client.table import read_catalog_csv
+from training.pipeline import REPORT_FILE, SPLIT_FILE, TrainConfig, train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 
 
 def tfidf_ridge(train_texts: list[str], train_prices: np.ndarray, test_texts: list[str]) -> np.ndarray:
     """TF-IDF word + char n-grams, Ridge on log1p(price); returns predicted prices."""
     word = TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=200_000, sublinear_tf=True)
     char = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, max_features=300_000, sublinear_tf=True)
-    train = hstack([word.fit_transform(train_texts), char.fit_transform(train_texts)]).tocsr()
-    test = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
-    model = Ridge(alpha=1.0).fit(train, np.log1p(train_prices))
-    return to_price(model.predict(test))
+    train_matrix = hstack([word.fit_transform(train_texts), char.fit_transform(train_texts)]).tocsr()
+    test_matrix = hstack([word.transform(test_texts), char.transform(test_texts)]).tocsr()
+    model = Ridge(alpha=1.0).fit(train_matrix, np.log1p(train_prices))
+    return to_price(model.predict(test_matrix))
+
+
+def run_seed(args, seed: int, first_run: Path | None) -> Path:
+    run = args.output / f"seed-{seed}"
+    if (run / REPORT_FILE).is_file() and not args.retrain:
+        return run
+    if first_run is not None and not (run / "features").exists():
+        shutil.copytree(first_run / "features", run / "features")
+    train(TrainConfig(csv=args.csv, output=run, images_dir=args.images, seed=seed))
+    return run
+
+
+def score_run(run: Path, csv_path: Path) -> dict[str, float]:
+    """The run's validation SMAPE per estimate, TF-IDF + Ridge's on the same rows, wall time."""
+    report = json.loads((run / REPORT_FILE).read_text())
+    split = json.loads((run / SPLIT_FILE).read_text())
+    table = read_catalog_csv(csv_path, with_prices=True, bad_prices="skip")
+    row_of = {sample_id: i for i, sample_id in enumerate(table.sample_ids)}
+    train_rows = [row_of[s] for s in split["fit"] + split["blend"]]
+    val_rows = [row_of[s] for s in split["validation"]]
+    started = time.perf_counter()
+    baseline = tfidf_ridge([table.texts[i] for i in train_rows], table.prices[train_rows],
+                           [table.texts[i] for i in val_rows])
+    scores = dict(report["validation_smape"])
+    scores["tfidf_ridge"] = smape(table.prices[val_rows], baseline)
+    scores["median_price"] = report["baseline_median_smape"]
+    scores["training_wall_s"] = report["timings"]["total_s"]
+    scores["tfidf_ridge_fit_s"] = time.perf_counter() - started
+    return scores
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", type=Path, help="training output folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed (two give the spread)")
+    parser.add_argument("--output", type=Path, default=Path("runs/accuracy"))
+    parser.add_argument("--csv", type=Path, default=DATA / "train.csv")
+    parser.add_argument("--images", type=Path, default=DATA / "images")
+    parser.add_argument("--retrain", action="store_true", help="retrain seeds that already have a run")
     args = parser.parse_args(argv)
 
-    run_config = json.loads((args.run / "run.json").read_text())["config"]
-    table = read_catalog_csv(run_config["csv"], with_prices=True, bad_prices="skip")
-    split = json.loads((args.run / "split.json").read_text())
-    row_of = {sid: i for i, sid in enumerate(table.sample_ids)}
-    train_rows = [row_of[s] for s in split["train"]]
-    val_rows = [row_of[s] for s in split["validation"]]
+    runs: list[Path] = []
+    for seed in args.seeds:
+        runs.append(run_seed(args, seed, runs[0] if runs else None))
+    scores = [score_run(run, args.csv) for run in runs]
 
-    with (args.run / "validation_predictions.csv").open(newline="") as handle:
-        predictions = list(csv.DictReader(handle))
-    assert [p["sample_id"] for p in predictions] == split["validation"]
-    prices = np.array([float(p["price"]) for p in predictions])
-
-    started = time.perf_counter()
-    baseline = tfidf_ridge([table.texts[i] for i in train_rows], table.prices[train_rows],
-                           [table.texts[i] for i in val_rows])
-    baseline_seconds = time.perf_counter() - started
-
-    report = json.loads((args.run / "report.json").read_text())
-    print(f"validation rows: {len(val_rows)} (training rows: {len(train_rows)}; split grouped by image_link)")
-    print(f"{'estimate':<22}{'SMAPE':>8}")
-    for name in [k for k in predictions[0] if k not in ("sample_id", "price")]:
-        print(f"{name:<22}{smape(prices, np.array([float(p[name]) for p in predictions])):>8.2f}")
-    print(f"{'tfidf_ridge':<22}{smape(prices, baseline):>8.2f}   (fit in {baseline_seconds:.0f} s)")
-    print(f"{'median_price':<22}{smape(prices, np.full(len(prices), np.median(table.prices[train_rows]))):>8.2f}")
-    print(f"training wall time: {report['timings']['total_s']:.0f} s")
+    report = json.loads((runs[0] / REPORT_FILE).read_text())
+    rows = report["rows"]
+    print(f"rows: {rows['total']}; split grouped by image_link: {rows['fit']} fit, {rows['blend']} blend, "
+          f"{rows['validation']} validation (run {runs[0]})")
+    names = [k for k in scores[0] if k not in ("training_wall_s", "tfidf_ridge_fit_s")]
+    header = "".join(f"{'seed ' + str(s):>10}" for s in args.seeds)
+    print(f"{'validation SMAPE':<20}{header}" + (f"{'spread':>10}" if len(runs) > 1 else ""))
+    for name in names:
+        values = [s[name] for s in scores]
+        spread = f"{max(values) - min(values):>10.2f}" if len(values) > 1 else ""
+        print(f"{name:<20}" + "".join(f"{v:>10.2f}" for v in values) + spread)
+    fitted = [s["blend_fitted"] for s in scores]
+    margin = [s["tfidf_ridge"] - s["blend_fitted"] for s in scores]
+    print(f"fitted blend: mean {statistics.mean(fitted):.2f}; better than TF-IDF + Ridge by "
+          + ", ".join(f"{m:.2f}" for m in margin) + " points")
+    print("training wall time (s): " + ", ".join(
+        f"seed {seed} {s['training_wall_s']:.0f}" + (" (feature store copied from the first seed)" if i else "")
+        for i, (seed, s) in enumerate(zip(args.seeds, scores))))
+    print("blend weights (seed {}): {}".format(
+        args.seeds[0], ", ".join(f"{k} {v:.2f}" for k, v in report["blend_weights"]["fitted"].items())))
     return 0
 
 

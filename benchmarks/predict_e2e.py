@@ -32,10 +32,12 @@ from client.serve import LocalTritonServer
 from client.table import CatalogTable, read_catalog_csv
 from client.text import compose_text, length_batches
 from export.parity import load_session
-from training.encoders import load_image_encoder, load_text_encoder
+from training.encoders import load_image_encoder
+from training.finetune import load_regressor
 from training.fusion import load_fusion
 from training.gbm import load_gbm
-from training.pipeline import RUN_FILE
+from training.lexical import load_lexical
+from training.pipeline import RUN_FILE, TEXT_ENCODER_DIR
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 
@@ -62,8 +64,8 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
     """The seed's prediction loop: one row at a time through eager PyTorch, LightGBM and FAISS."""
     config = json.loads((run_dir / RUN_FILE).read_text())["config"]
     image_encoder, _ = load_image_encoder(config["image_encoder"])
-    text_encoder, _, _ = load_text_encoder(config["text_encoder"])
-    fusion, booster = load_fusion(run_dir), load_gbm(run_dir)
+    text_model, _ = load_regressor(run_dir / TEXT_ENCODER_DIR)
+    fusion, booster, lexical = load_fusion(run_dir), load_gbm(run_dir), load_lexical(run_dir)
     tokenizer, index = deployment.tokenizer(), deployment.neighbour_index()
     settings = deployment.settings
     started = time.perf_counter()
@@ -76,13 +78,16 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
             image_embedding = image_encoder(torch.from_numpy(image.pixels[None]))
         else:
             image_embedding = torch.zeros(1, settings.image_dim)
+        text_embedding, text_log_price = text_model(input_ids, attention_mask)
         log_price, vector, features = fusion(
-            image_embedding, text_encoder(input_ids, attention_mask),
+            image_embedding, text_embedding,
             torch.tensor([[float(image.has_image)]]), torch.from_numpy(numeric_features(table.texts[row])[None]),
         )
         gbm = booster.predict(features.numpy())
         retrieval = index.estimate(vector.numpy(), k=settings.retrieval_k)
-        to_price(blend(np.array([[float(log_price), float(gbm[0]), float(retrieval[0])]]), deployment.blend_weights))
+        components = [float(log_price), float(gbm[0]), float(retrieval[0]), float(text_log_price),
+                      float(lexical(input_ids, attention_mask))]
+        to_price(blend(np.array([components]), deployment.blend_weights))
     return len(table) / (time.perf_counter() - started)
 
 

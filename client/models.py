@@ -19,10 +19,12 @@ IMAGE_ENCODER = "image_encoder"
 TEXT_ENCODER = "text_encoder"
 FUSION = "fusion"
 LIGHTGBM = "lightgbm"
+LEXICAL = "lexical"
 ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
-ENSEMBLE_OUTPUTS = ("mlp_log_price", "gbm_log_price", "retrieval_vector")
+# one log price per model-computed blend component (COMPONENTS order) and the retrieval vector
+ENSEMBLE_OUTPUTS = ("mlp_log_price", "gbm_log_price", "text_log_price", "lexical_log_price", "retrieval_vector")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     input_ids = TensorSpec("input_ids", "int64", (-1,))
     attention_mask = TensorSpec("attention_mask", "int64", (-1,))
     text_embedding = TensorSpec("text_embedding", "float32", (dims.text_dim,))
+    text_log_price = TensorSpec("text_log_price", "float32", (1,))
+    lexical_log_price = TensorSpec("lexical_log_price", "float32", (1,))
     has_image = TensorSpec("has_image", "float32", (1,))
     numeric = TensorSpec("numeric_features", "float32", (dims.numeric_dim,))
     mlp_log_price = TensorSpec("mlp_log_price", "float32", (1,))
@@ -79,17 +83,20 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     gbm_features = TensorSpec("gbm_features", "float32", (dims.gbm_dim,))
     gbm_log_price = TensorSpec("gbm_log_price", "float32", (1,))
 
-    text_step = (TEXT_ENCODER, _identity("input_ids", "attention_mask"), _identity("text_embedding"))
+    tokens = _identity("input_ids", "attention_mask")
+    text_step = (TEXT_ENCODER, tokens, _identity("text_embedding", "text_log_price"))
+    lexical_step = (LEXICAL, tokens, _identity("lexical_log_price"))
     fusion_step = (
         FUSION,
         _identity("image_embedding", "text_embedding", "has_image", "numeric_features"),
         _identity("mlp_log_price", "retrieval_vector", "gbm_features"),
     )
     gbm_step = (LIGHTGBM, _identity("gbm_features"), _identity("gbm_log_price"))
-    outputs = (mlp_log_price, gbm_log_price, retrieval_vector)
+    outputs = (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)
     models = [
         ModelSpec(IMAGE_ENCODER, (image,), (image_embedding,)),
-        ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding,)),
+        ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding, text_log_price)),
+        ModelSpec(LEXICAL, (input_ids, attention_mask), (lexical_log_price,)),
         ModelSpec(FUSION, (image_embedding, text_embedding, has_image, numeric),
                   (mlp_log_price, retrieval_vector, gbm_features)),
         ModelSpec(LIGHTGBM, (gbm_features,), (gbm_log_price,)),
@@ -98,14 +105,14 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
             (image, has_image, input_ids, attention_mask, numeric),
             outputs,
             steps=((IMAGE_ENCODER, _identity("image"), _identity("image_embedding")),
-                   text_step, fusion_step, gbm_step),
+                   text_step, lexical_step, fusion_step, gbm_step),
         ),
         # Rows without an image skip the image encoder: the client sends zero embeddings.
         ModelSpec(
             TEXT_ONLY_ENSEMBLE,
             (image_embedding, has_image, input_ids, attention_mask, numeric),
             outputs,
-            steps=(text_step, fusion_step, gbm_step),
+            steps=(text_step, lexical_step, fusion_step, gbm_step),
         ),
     ]
     return {model.name: model for model in models}

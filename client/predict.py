@@ -211,7 +211,8 @@ class Predictor:
     def finish(self, table: CatalogTable, wave: Wave, positions: np.ndarray, outputs: dict[str, np.ndarray]) -> list[dict]:
         """Retrieval, blend and the journal records of one returned batch."""
         retrieval = self.index.estimate(outputs["retrieval_vector"], k=self.settings.retrieval_k)
-        components = np.column_stack([outputs["mlp_log_price"][:, 0], outputs["gbm_log_price"][:, 0], retrieval])
+        components = np.column_stack([outputs["mlp_log_price"][:, 0], outputs["gbm_log_price"][:, 0], retrieval,
+                                      outputs["text_log_price"][:, 0], outputs["lexical_log_price"][:, 0]])
         prices = to_price(blend(components, self.weights))
         component_prices = to_price(components)
         records = []

@@ -13,7 +13,7 @@ import onnx
 import torch
 from torch import nn
 
-from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims, ModelSpec, served_models
+from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, ModelSpec, served_models
 
 OPSET = 17
 EXPORT_BATCH = 3  # >= 2: exporting with a batch of 1 can freeze the batch axis
@@ -98,7 +98,13 @@ class ImageEncoderExporter(TorchExporter):
 
 
 class TextEncoderExporter(TorchExporter):
+    """The fine-tuned encoder with its price head (training.finetune.PriceRegressor)."""
+
     model_name = TEXT_ENCODER
+
+
+class LexicalExporter(TorchExporter):
+    model_name = LEXICAL
 
 
 class FusionExporter(TorchExporter):

@@ -1,6 +1,6 @@
 """`export-bundle`: from a training output folder to a deployment folder.
 
-Exports the four models to ONNX, measures parity on real rows with the files reloaded from
+Exports the five models to ONNX, measures parity on real rows with the files reloaded from
 disk, writes the Triton configs, the client bundle, the manifest and MODEL_CARD.md.
 """
 
@@ -29,26 +29,28 @@ from client.bundle import (
 )
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, load_images
-from client.models import FUSION, IMAGE_ENCODER, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
+from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
 from client.retrieval import NeighbourIndex
 from client.table import read_catalog_csv
-from client.text import compose_text
 from export.model_card import write_model_card
 from export.onnx_export import (
     FusionExporter,
     ImageEncoderExporter,
+    LexicalExporter,
     LightGbmExporter,
     TextEncoderExporter,
     onnx_opsets,
 )
 from export.parity import BATCH_SIZES, ParityResult, compare, load_session, raise_on_failure, run_in_batches
 from export.triton_config import write_repository_configs
-from training.encoders import load_image_encoder, load_text_encoder
+from training.encoders import load_image_encoder
 from training.features import extract_features, make_tokenizer
+from training.finetune import load_regressor
 from training.fusion import load_fusion
 from training.gbm import gbm_features, load_gbm
+from training.lexical import load_lexical
 from training.pipeline import BLEND_FILE as RUN_BLEND_FILE
-from training.pipeline import REPORT_FILE, RUN_FILE, TrainConfig
+from training.pipeline import REPORT_FILE, RUN_FILE, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_DIR, TrainConfig
 from training.report import package_versions
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,12 @@ class ExportResult:
 
 
 def _train_config(run_dir: Path) -> TrainConfig:
+    """The run's settings, with its fine-tuned text encoder in place of the base one."""
     raw = json.loads((run_dir / RUN_FILE).read_text())["config"]
-    keep = {k: raw[k] for k in ("image_encoder", "text_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
+    keep = {k: raw[k] for k in ("image_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
     images = Path(raw["images_dir"]) if raw.get("images_dir") else None
-    return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images, **keep)
+    return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images,
+                       text_encoder=str(run_dir / TEXT_ENCODER_DIR), **keep)
 
 
 def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
@@ -86,22 +90,28 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
     config = _train_config(run_dir)
     torch.manual_seed(config.seed)
     image_encoder, image_identity = load_image_encoder(config.image_encoder)
-    text_encoder, text_identity, text_dir = load_text_encoder(config.text_encoder)
+    text_encoder, text_identity = load_regressor(Path(config.text_encoder))
+    text_dir = Path(config.text_encoder)
     fusion = load_fusion(run_dir)
     booster = load_gbm(run_dir)
+    lexical = load_lexical(run_dir)
     dims = ModelDims(image_dim=image_identity["embedding_dim"], text_dim=text_identity["embedding_dim"],
                      numeric_dim=len(NUMERIC_FEATURE_NAMES))
 
     if output.exists():
         shutil.rmtree(output)
     repository, bundle = output / REPOSITORY_DIR, output / BUNDLE_DIR
-    paths = {name: repository / name / "1" / MODEL_FILE for name in (IMAGE_ENCODER, TEXT_ENCODER, FUSION, LIGHTGBM)}
+    paths = {name: repository / name / "1" / MODEL_FILE
+             for name in (IMAGE_ENCODER, TEXT_ENCODER, LEXICAL, FUSION, LIGHTGBM)}
     ImageEncoderExporter(dims).export(image_encoder, paths[IMAGE_ENCODER])
     TextEncoderExporter(dims).export(text_encoder, paths[TEXT_ENCODER])
+    LexicalExporter(dims).export(lexical, paths[LEXICAL])
     FusionExporter(dims).export(fusion, paths[FUSION])
     LightGbmExporter(dims).export(booster, paths[LIGHTGBM])
 
-    parity = measure_parity(config, run_dir, paths, image_encoder, text_encoder, fusion, booster, parity_rows)
+    models = {IMAGE_ENCODER: image_encoder, TEXT_ENCODER: text_encoder, LEXICAL: lexical, FUSION: fusion,
+              LIGHTGBM: booster}
+    parity = measure_parity(config, run_dir, paths, models, parity_rows)
     for result in parity:
         logger.info("parity %s", result.describe())
     if check:
@@ -146,8 +156,8 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
 
 
 @torch.inference_mode()
-def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], image_encoder, text_encoder,
-                   fusion, booster, parity_rows: int) -> list[ParityResult]:
+def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], models: dict,
+                   parity_rows: int) -> list[ParityResult]:
     """Compares each exported graph with its source model on real rows of the training data."""
     table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip")
     fetcher = ImageFetcher(config.images_dir, cache_dir=run_dir / "image_cache")
@@ -160,24 +170,30 @@ def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], i
         for i, (output, metric) in enumerate(zip([o.name for o in session.get_outputs()], metrics)):
             results.append(compare(model, output, references[i], {s: r[i] for s, r in runs.items()}, metric))
 
-    with_image = np.flatnonzero(features.inputs.has_image)[:parity_rows]
+    with_image = np.flatnonzero(features.has_image)[:parity_rows]
     if len(with_image):
         prepared = load_images(fetcher, [table.image_links[i] for i in with_image])
         pixels = np.stack([p.pixels for p in prepared if p.has_image])
-        check(IMAGE_ENCODER, {"image": pixels}, [image_encoder(torch.from_numpy(pixels)).numpy()], ["min_cosine"])
+        reference = models[IMAGE_ENCODER](torch.from_numpy(pixels)).numpy()
+        check(IMAGE_ENCODER, {"image": pixels}, [reference], ["min_cosine"])
 
     tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
+    token_ids = tokenizer.encode(features.texts)
     rows = np.linspace(0, len(table) - 1, min(parity_rows, len(table))).astype(int)
-    texts = [compose_text(table.texts[i], features.ocr_texts[i]) for i in rows]
-    input_ids, attention_mask = tokenizer.pad(tokenizer.encode(texts))
-    reference = text_encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
-    check(TEXT_ENCODER, {"input_ids": input_ids, "attention_mask": attention_mask}, [reference], ["min_cosine"])
+    input_ids, attention_mask = tokenizer.pad([token_ids[i] for i in rows])
+    tokens = {"input_ids": input_ids, "attention_mask": attention_mask}
+    embedding, text_log_price = models[TEXT_ENCODER](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    check(TEXT_ENCODER, tokens, [embedding.numpy(), text_log_price.numpy()], ["min_cosine", "max_abs_diff"])
+    lexical = models[LEXICAL](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    check(LEXICAL, tokens, [lexical.numpy()], ["max_abs_diff"])
 
+    text_embedding = np.load(run_dir / TEXT_EMBEDDINGS_FILE)
+    inputs = features.fusion_inputs(text_embedding)
     fusion_inputs = dict(zip(("image_embedding", "text_embedding", "has_image", "numeric_features"),
-                             (t.numpy() for t in features.inputs.tensors())))
-    log_price, vectors, gbm_vector = (t.numpy() for t in fusion(*features.inputs.tensors()))
+                             (t.numpy() for t in inputs.tensors())))
+    log_price, vectors, gbm_vector = (t.numpy() for t in models[FUSION](*inputs.tensors()))
     check(FUSION, fusion_inputs, [log_price, vectors, gbm_vector], ["max_abs_diff", "min_cosine", "max_abs_diff"])
 
-    matrix = gbm_features(features.inputs)
-    check(LIGHTGBM, {"gbm_features": matrix}, [booster.predict(matrix).reshape(-1, 1)], ["fraction_within"])
+    matrix = gbm_features(inputs)
+    check(LIGHTGBM, {"gbm_features": matrix}, [models[LIGHTGBM].predict(matrix).reshape(-1, 1)], ["fraction_within"])
     return results

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from client.bundle import MODEL_SHA_PARAMETER
-from client.models import LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpec, served_models
+from client.models import LEXICAL, LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpec, served_models
 
 CONFIG_FILE = "config.pbtxt"
 MAX_QUEUE_DELAY_US = 2000
@@ -64,7 +64,8 @@ def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: 
     )
     config.dynamic_batching.max_queue_delay_microseconds = MAX_QUEUE_DELAY_US
     config.model_warmup.append(_warmup(spec))
-    if tensorrt_fp16 and on_gpu:
+    # the lexical graph hashes int64 n-gram keys and sums TF-IDF terms: no case for FP16
+    if tensorrt_fp16 and on_gpu and spec.name != LEXICAL:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add()
         accelerator.name = "tensorrt"
         accelerator.parameters["precision_mode"] = "FP16"

@@ -26,6 +26,7 @@ def test_parity_figures_meet_the_bounds_for_every_graph(deployment):
     manifest = json.loads((deployment / "bundle" / "manifest.json").read_text())
     checked = {(p["model"], p["output"]) for p in manifest["parity"]}
     assert checked == {("image_encoder", "image_embedding"), ("text_encoder", "text_embedding"),
+                       ("text_encoder", "text_log_price"), ("lexical", "lexical_log_price"),
                        ("fusion", "mlp_log_price"), ("fusion", "retrieval_vector"), ("fusion", "gbm_features"),
                        ("lightgbm", "gbm_log_price")}
     for parity in manifest["parity"]:

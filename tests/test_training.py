@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from client.blend import COMPONENTS
 from client.images import ImageFetcher
 from client.table import read_catalog_csv
 from tests.conftest import SAMPLE, TRUNCATED_SAMPLE_IDS
@@ -16,19 +17,22 @@ from training.pipeline import TrainConfig, grouped_split, image_groups
 
 
 def test_run_writes_every_artifact(sample_run):
-    for name in ("fusion.safetensors", "fusion.json", "lightgbm.txt", "retrieval.faiss", "retrieval_log_prices.npy",
-                 "blend.json", "split.json", "validation_predictions.csv", "report.json", "run.json",
-                 "plots/predicted_vs_actual.png", "plots/smape_by_price_decile.png"):
+    for name in ("text_encoder/model.safetensors", "text_encoder/price_head.safetensors", "text_encoder/tokenizer.json",
+                 "text_embeddings.npy", "fusion.safetensors", "fusion.json", "lightgbm.txt", "lexical.safetensors",
+                 "lexical.json", "retrieval.faiss", "retrieval_log_prices.npy", "blend.json", "split.json",
+                 "validation_predictions.csv", "report.json", "run.json", "plots/predicted_vs_actual.png",
+                 "plots/smape_by_price_decile.png"):
         assert (sample_run / name).is_file(), name
 
 
 def test_report_has_smape_per_component_and_blend(sample_run):
     report = json.loads((sample_run / "report.json").read_text())
-    assert set(report["validation_smape"]) == {"mlp", "lightgbm", "retrieval", "blend_seed", "blend_fitted"}
+    assert set(report["validation_smape"]) == {*COMPONENTS, "blend_seed", "blend_fitted"}
     for value in report["validation_smape"].values():
         assert 0 < value < 200
-    assert report["rows"] == {"total": 300, "train": report["rows"]["train"],
-                              "validation": 300 - report["rows"]["train"], "skipped_bad_price": 0}
+    rows = report["rows"]
+    assert rows["fit"] + rows["blend"] + rows["validation"] == rows["total"] == 300
+    assert min(rows["fit"], rows["blend"], rows["validation"]) > 0
     weights = report["blend_weights"]["fitted"]
     assert min(weights.values()) >= 0 and sum(weights.values()) == pytest.approx(1.0)
 
@@ -42,9 +46,9 @@ def test_truncated_images_make_their_rows_text_only_and_are_counted(sample_run):
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), sample_run / "features", config.feature_settings())
     for sample_id in TRUNCATED_SAMPLE_IDS:
         row = table.sample_ids.index(sample_id)
-        assert features.inputs.has_image[row] == 0
+        assert features.has_image[row] == 0
         assert features.image_status[row] == "truncated"
-        assert not features.inputs.image_embedding[row].any()
+        assert not features.image_embedding[row].any()
 
 
 def test_second_run_over_unchanged_store_does_no_encoder_work(sample_run, monkeypatch):
@@ -52,13 +56,13 @@ def test_second_run_over_unchanged_store_does_no_encoder_work(sample_run, monkey
         raise AssertionError("an encoder was loaded although every chunk is cached")
 
     monkeypatch.setattr(features_module, "load_image_encoder", refuse)
-    monkeypatch.setattr(features_module, "load_text_encoder", refuse)
     monkeypatch.setattr(features_module, "run_ocr", refuse)
     table = read_catalog_csv(SAMPLE / "train.csv", with_prices=True)
     config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run)
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), sample_run / "features", config.feature_settings())
     assert features.chunks_computed == 0 and features.chunks_reused >= 1
-    assert features.inputs.text_embedding.shape == (300, 384)
+    assert features.image_embedding.shape == (300, 1280)
+    assert any("Image text: " in text for text in features.texts)  # OCR text came back from the store
 
 
 def test_changed_rows_are_recomputed(sample_run, tmp_path):
@@ -70,8 +74,8 @@ def test_changed_rows_are_recomputed(sample_run, tmp_path):
     table.texts[1] = "Changed again: " + table.texts[1]
     second = extract_features(table, ImageFetcher(SAMPLE / "images"), store, config.feature_settings())
     assert first.chunks_computed == 1 and second.chunks_computed == 1
-    assert not np.allclose(first.inputs.text_embedding[1], second.inputs.text_embedding[1])
-    np.testing.assert_allclose(first.inputs.text_embedding[2:], second.inputs.text_embedding[2:], atol=1e-6)
+    assert first.texts[1] != second.texts[1] and first.texts[2:] == second.texts[2:]
+    np.testing.assert_array_equal(first.image_embedding, second.image_embedding)
 
 
 def test_split_is_grouped_by_image_link():

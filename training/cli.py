@@ -10,6 +10,7 @@ from pathlib import Path
 
 from client.errors import InputError
 from client.ocr import OCR_ENGINES
+from training.finetune import FineTuning
 from training.fusion import FusionTraining
 from training.gbm import GbmSettings
 from training.pipeline import TrainConfig, train
@@ -27,7 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ocr", choices=OCR_ENGINES, default=TrainConfig.ocr_engine)
     parser.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
     parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
+    parser.add_argument("--blend-fraction", type=float, default=TrainConfig.blend_fraction,
+                        help="share of the non-validation rows held out from every component to fit the blend on")
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
+    parser.add_argument("--fine-tune-epochs", type=int, default=FineTuning.epochs, help="text encoder fine-tuning epochs")
+    parser.add_argument("--fine-tune-lr", type=float, default=FineTuning.learning_rate,
+                        help="text encoder learning rate (peak, after linear warm-up)")
     parser.add_argument("--epochs", type=int, default=FusionTraining.max_epochs, help="fusion MLP epochs (max)")
     parser.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds, help="LightGBM rounds (max)")
     parser.add_argument("--limit-rows", type=int, help="use only the first N rows (smoke runs)")
@@ -49,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         ocr_engine=args.ocr,
         max_tokens=args.max_tokens,
         val_fraction=args.val_fraction,
+        blend_fraction=args.blend_fraction,
         seed=args.seed,
         bad_prices="skip" if args.skip_bad_prices else "refuse",
         limit_rows=args.limit_rows,
+        fine_tuning=FineTuning(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr, seed=args.seed),
         fusion=FusionTraining(max_epochs=args.epochs, seed=args.seed),
         gbm=GbmSettings(max_rounds=args.gbm_rounds, seed=args.seed),
     )

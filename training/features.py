@@ -1,4 +1,5 @@
-"""The feature store: embeddings, catalogue features and image flags for every row, on disk.
+"""The feature store: image embeddings, OCR text, catalogue features and image flags for every
+row, on disk. Text embeddings are not stored: the text encoder is fine-tuned in each run.
 
 Rows are processed in chunks. A chunk's key is a hash of everything that determines its
 features: the rows' ids, texts and image bytes (their SHA-256), the encoders' identities and the
@@ -24,20 +25,13 @@ from client.catalog import numeric_feature_matrix
 from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
 from client.ocr import OcrCache, run_ocr
 from client.table import CatalogTable
-from client.text import TextTokenizer, compose_text, length_batches
-from training.encoders import (
-    ImageEncoder,
-    TextEncoder,
-    describe_image_encoder,
-    describe_text_encoder,
-    load_image_encoder,
-    load_text_encoder,
-)
+from client.text import TextTokenizer, compose_text
+from training.encoders import ImageEncoder, describe_image_encoder, describe_text_encoder, load_image_encoder
 from training.fusion import FusionInputs
 
 logger = logging.getLogger(__name__)
 
-_ARRAYS = ("image_embedding", "text_embedding", "has_image", "numeric_features", "token_counts")
+_ARRAYS = ("image_embedding", "has_image", "numeric_features")
 
 
 @dataclass(frozen=True)
@@ -45,12 +39,9 @@ class FeatureSettings:
     """What the features depend on besides the rows themselves."""
 
     image_encoder: str
-    text_encoder: str
     ocr_engine: str = "rapidocr"
-    max_tokens: int = 128
     image_size: int = IMAGE_SIZE
     chunk_rows: int = 512
-    text_batch_size: int = 32
     image_batch_size: int = 16
     ocr_workers: int = 1
 
@@ -59,42 +50,33 @@ class FeatureSettings:
 class Features:
     """Everything the models learn from, row-aligned with the table it was extracted from."""
 
-    inputs: FusionInputs
+    image_embedding: np.ndarray
+    has_image: np.ndarray
+    numeric_features: np.ndarray
+    texts: list[str]
     image_status: list[str]
     image_detail: list[str]
     ocr_texts: list[str]
-    token_counts: np.ndarray
     chunks_computed: int = 0
     chunks_reused: int = 0
     encoder_identities: dict = field(default_factory=dict)
 
+    def fusion_inputs(self, text_embedding: np.ndarray) -> FusionInputs:
+        """The fusion model's inputs, with the text embeddings of the (fine-tuned) encoder."""
+        return FusionInputs(self.image_embedding, text_embedding, self.has_image, self.numeric_features)
 
-class _Encoders:
-    """Loads each encoder on first use only, so a fully cached run loads none."""
 
-    def __init__(self, settings: FeatureSettings):
-        self.settings = settings
-        self._image: ImageEncoder | None = None
-        self._text: TextEncoder | None = None
-        self._tokenizer: TextTokenizer | None = None
+class _ImageEncoder:
+    """Loads the image encoder on first use only, so a fully cached run loads none."""
 
-    @property
-    def image(self) -> ImageEncoder:
-        if self._image is None:
-            self._image, _ = load_image_encoder(self.settings.image_encoder)
-        return self._image
+    def __init__(self, name: str):
+        self.name = name
+        self._encoder: ImageEncoder | None = None
 
-    @property
-    def text(self) -> TextEncoder:
-        if self._text is None:
-            self._text, _, _ = load_text_encoder(self.settings.text_encoder)
-        return self._text
-
-    @property
-    def tokenizer(self) -> TextTokenizer:
-        if self._tokenizer is None:
-            self._tokenizer = make_tokenizer(self.settings.text_encoder, self.settings.max_tokens)
-        return self._tokenizer
+    def get(self) -> ImageEncoder:
+        if self._encoder is None:
+            self._encoder, _ = load_image_encoder(self.name)
+        return self._encoder
 
 
 def make_tokenizer(text_encoder: str, max_tokens: int) -> TextTokenizer:
@@ -104,17 +86,6 @@ def make_tokenizer(text_encoder: str, max_tokens: int) -> TextTokenizer:
     pad = special.get("pad_token", "[PAD]")
     pad = pad["content"] if isinstance(pad, dict) else pad
     return TextTokenizer(Path(model_dir) / "tokenizer.json", max_tokens, pad_token=pad)
-
-
-@torch.inference_mode()
-def encode_texts(encoder: TextEncoder, tokenizer: TextTokenizer, texts: list[str], batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings [n, dim] and token counts [n], in batches of similar length."""
-    token_ids = tokenizer.encode(texts)
-    embeddings = np.zeros((len(texts), encoder.embedding_dim), dtype=np.float32)
-    for rows in length_batches([len(ids) for ids in token_ids], batch_size):
-        input_ids, attention_mask = tokenizer.pad([token_ids[i] for i in rows])
-        embeddings[rows] = encoder(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).numpy()
-    return embeddings, np.asarray([len(ids) for ids in token_ids], dtype=np.int64)
 
 
 @torch.inference_mode()
@@ -172,12 +143,9 @@ def extract_features(
     Returns:
         Row-aligned features; `chunks_computed` / `chunks_reused` tell what was redone.
     """
-    identities = {
-        "image_encoder": describe_image_encoder(settings.image_encoder),
-        "text_encoder": {k: v for k, v in describe_text_encoder(settings.text_encoder).items() if k != "model_dir"},
-    }
+    identities = {"image_encoder": describe_image_encoder(settings.image_encoder)}
     fingerprint = json.dumps({"settings": asdict(settings), "models": identities}, sort_keys=True)
-    encoders = _Encoders(settings)
+    image_encoder = _ImageEncoder(settings.image_encoder)
     ocr_cache = OcrCache(store / "ocr_cache.jsonl")
     chunk_dir = store / "chunks"
     parts: list[tuple[dict[str, np.ndarray], dict]] = []
@@ -190,7 +158,7 @@ def extract_features(
         key = _chunk_key(fingerprint, table, rows, [f.sha256 for f in fetched])
         cached = _read_chunk(chunk_dir, key)
         if cached is None:
-            cached = _compute_chunk(table, rows, fetched, settings, encoders, ocr_cache)
+            cached = _compute_chunk(table, rows, fetched, settings, image_encoder, ocr_cache)
             _write_chunk(chunk_dir, key, *cached)
             computed += 1
         else:
@@ -203,23 +171,18 @@ def extract_features(
         json.dumps({"settings": asdict(settings), "models": identities, "rows": len(table)}, indent=2)
     )
     return Features(
-        inputs=FusionInputs(
-            image_embedding=arrays["image_embedding"],
-            text_embedding=arrays["text_embedding"],
-            has_image=arrays["has_image"],
-            numeric_features=arrays["numeric_features"],
-        ),
+        **arrays,
+        texts=[compose_text(content, ocr) for content, ocr in zip(table.texts, meta["ocr_texts"])],
         image_status=meta["image_status"],
         image_detail=meta["image_detail"],
         ocr_texts=meta["ocr_texts"],
-        token_counts=arrays["token_counts"],
         chunks_computed=computed,
         chunks_reused=reused,
         encoder_identities=identities,
     )
 
 
-def _compute_chunk(table, rows, fetched, settings, encoders, ocr_cache) -> tuple[dict[str, np.ndarray], dict]:
+def _compute_chunk(table, rows, fetched, settings, image_encoder, ocr_cache) -> tuple[dict[str, np.ndarray], dict]:
     ocr_side = OCR_MAX_SIDE if settings.ocr_engine != "none" else None
     prepared = [prepare_fetched(f, size=settings.image_size, ocr_max_side=ocr_side) for f in fetched]
     ocr_inputs = {p.sha256: p.ocr_pixels for p in prepared if p.has_image and p.ocr_pixels is not None}
@@ -231,16 +194,12 @@ def _compute_chunk(table, rows, fetched, settings, encoders, ocr_cache) -> tuple
     with_image = np.flatnonzero(has_image)
     if len(with_image):
         pixels = np.stack([prepared[i].pixels for i in with_image])
-        image_embedding[with_image] = encode_images(encoders.image, pixels, settings.image_batch_size)
+        image_embedding[with_image] = encode_images(image_encoder.get(), pixels, settings.image_batch_size)
 
-    texts = [compose_text(table.texts[r], ocr) for r, ocr in zip(rows, ocr_texts)]
-    text_embedding, token_counts = encode_texts(encoders.text, encoders.tokenizer, texts, settings.text_batch_size)
     arrays = {
         "image_embedding": image_embedding,
-        "text_embedding": text_embedding,
         "has_image": has_image,
         "numeric_features": numeric_feature_matrix([table.texts[r] for r in rows]),
-        "token_counts": token_counts,
     }
     meta = {
         "image_status": [ImageStatus(p.status).value for p in prepared],

@@ -1,14 +1,28 @@
 """`train`: from a labelled CSV (+ images) to every artifact export needs, and a report.
 
+Rows are split three ways, grouped by image_link (no photo is on two sides):
+
+    fit         every component is trained on these rows, and only on these: the text encoder
+                is fine-tuned on them, then the fusion MLP, LightGBM and the lexical model are
+                trained on them, and the retrieval index holds them
+    blend       unseen by every component: the blend weights are fitted on their predictions
+                (the MLP's epoch and LightGBM's round count are also chosen on them; no
+                gradient or fitted statistic comes from them)
+    validation  only scored: the report's figures
+
 Output folder::
 
-    features/               feature store (chunks, OCR cache, manifest)
+    features/               feature store (image embeddings, OCR cache, catalogue features)
+    text_encoder/           the fine-tuned text encoder (transformers folder + tokenizer) and
+                            its price head
+    text_embeddings.npy     its embedding of every row
     fusion.safetensors      fusion MLP weights + fusion.json (architecture)
     lightgbm.txt            LightGBM model (its own text format)
-    retrieval.faiss         FAISS IndexFlatIP of the training rows' retrieval vectors
+    lexical.safetensors     hashed n-gram TF-IDF + Ridge + lexical.json
+    retrieval.faiss         FAISS IndexFlatIP of the fit rows' retrieval vectors
     retrieval_*.npy         their log prices and image groups
     blend.json              seed and fitted blend weights
-    split.json              training / validation sample ids
+    split.json              fit / blend / validation sample ids
     validation_predictions.csv
     report.json, plots/     SMAPE per component and blend, coverage, timings
     run.json                settings, seeds, package versions, model identities
@@ -32,10 +46,12 @@ from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, summarise
 from client.retrieval import DEFAULT_K, NeighbourIndex
 from client.table import BadPricePolicy, CatalogTable, read_catalog_csv
-from training.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER
-from training.features import Features, FeatureSettings, extract_features
+from training.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER, describe_text_encoder, load_text_encoder
+from training.features import Features, FeatureSettings, extract_features, make_tokenizer
+from training.finetune import FineTuning, encode_with_head, fine_tune, save_regressor
 from training.fusion import FusionTraining, predict_fusion, save_fusion, train_fusion
 from training.gbm import GbmSettings, gbm_features, save_gbm, train_gbm
+from training.lexical import LexicalSettings, fit_lexical, save_lexical
 from training.report import package_versions, write_plots, write_validation_predictions
 
 logger = logging.getLogger(__name__)
@@ -44,6 +60,8 @@ RUN_FILE = "run.json"
 REPORT_FILE = "report.json"
 BLEND_FILE = "blend.json"
 SPLIT_FILE = "split.json"
+TEXT_ENCODER_DIR = "text_encoder"
+TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
 
 
 @dataclass
@@ -58,20 +76,30 @@ class TrainConfig:
     ocr_engine: str = "rapidocr"
     max_tokens: int = 128
     val_fraction: float = 0.2
+    blend_fraction: float = 0.15  # of the rows left after validation
     seed: int = 42
     bad_prices: BadPricePolicy = "refuse"
     limit_rows: int | None = None
+    fine_tuning: FineTuning = field(default_factory=FineTuning)
     fusion: FusionTraining = field(default_factory=FusionTraining)
     gbm: GbmSettings = field(default_factory=GbmSettings)
+    lexical: LexicalSettings = field(default_factory=LexicalSettings)
     retrieval_k: int = DEFAULT_K
 
     def feature_settings(self) -> FeatureSettings:
-        return FeatureSettings(
-            image_encoder=self.image_encoder,
-            text_encoder=self.text_encoder,
-            ocr_engine=self.ocr_engine,
-            max_tokens=self.max_tokens,
-        )
+        return FeatureSettings(image_encoder=self.image_encoder, ocr_engine=self.ocr_engine)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices of the three parts (see the module docstring)."""
+
+    fit: np.ndarray
+    blend: np.ndarray
+    validation: np.ndarray
+
+    def sample_ids(self, table: CatalogTable) -> dict[str, list[str]]:
+        return {name: [table.sample_ids[i] for i in rows] for name, rows in asdict(self).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -95,6 +123,13 @@ def grouped_split(groups: np.ndarray, val_fraction: float, seed: int) -> tuple[n
     splitter = GroupShuffleSplit(n_splits=1, test_size=val_fraction, random_state=seed)
     train_rows, val_rows = next(splitter.split(np.zeros(len(groups)), groups=groups))
     return np.sort(train_rows), np.sort(val_rows)
+
+
+def split_rows(groups: np.ndarray, val_fraction: float, blend_fraction: float, seed: int) -> Splits:
+    """Validation rows first, then the rest into fit and blend rows, all grouped."""
+    rest, validation = grouped_split(groups, val_fraction, seed)
+    fit, blend_rows = grouped_split(groups[rest], blend_fraction, seed)
+    return Splits(fit=rest[fit], blend=rest[blend_rows], validation=validation)
 
 
 def retrieval_estimates(
@@ -129,80 +164,100 @@ def train(config: TrainConfig) -> dict:
     timings["features_s"] = time.perf_counter() - stage
 
     groups = image_groups(table.image_links)
-    train_rows, val_rows = grouped_split(groups, config.val_fraction, config.seed)
-    (out / SPLIT_FILE).write_text(json.dumps({
-        "train": [table.sample_ids[i] for i in train_rows],
-        "validation": [table.sample_ids[i] for i in val_rows],
-    }))
+    splits = split_rows(groups, config.val_fraction, config.blend_fraction, config.seed)
+    (out / SPLIT_FILE).write_text(json.dumps(splits.sample_ids(table)))
 
     stage = time.perf_counter()
-    fusion, history = train_fusion(features.inputs, log_prices, train_rows, val_rows, config.fusion)
+    tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
+    token_ids = tokenizer.encode(features.texts)
+    encoder, _, base_dir = load_text_encoder(config.text_encoder)
+    regressor, fine_tuning_history = fine_tune(encoder, tokenizer, token_ids, log_prices, splits.fit,
+                                               config.fine_tuning)
+    save_regressor(regressor, base_dir, out / TEXT_ENCODER_DIR)
+    text_embedding, text_log_price = encode_with_head(regressor, tokenizer, token_ids)
+    np.save(out / TEXT_EMBEDDINGS_FILE, text_embedding)
+    inputs = features.fusion_inputs(text_embedding)
+    timings["fine_tuning_s"] = time.perf_counter() - stage
+
+    stage = time.perf_counter()
+    fusion, history = train_fusion(inputs, log_prices, splits.fit, splits.blend, config.fusion)
     save_fusion(fusion, out)
-    mlp_log_price, vectors = predict_fusion(fusion, features.inputs)
+    mlp_log_price, vectors = predict_fusion(fusion, inputs)
     timings["fusion_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
-    index, retrieval_log_price = retrieval_estimates(vectors, log_prices, groups, train_rows, config.retrieval_k)
+    index, retrieval_log_price = retrieval_estimates(vectors, log_prices, groups, splits.fit, config.retrieval_k)
     index.save(out)
     timings["retrieval_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
-    gbm_matrix = gbm_features(features.inputs)
-    booster = train_gbm(gbm_matrix, log_prices, train_rows, val_rows, config.gbm)
+    gbm_matrix = gbm_features(inputs)
+    booster = train_gbm(gbm_matrix, log_prices, splits.fit, splits.blend, config.gbm)
     save_gbm(booster, out)
     gbm_log_price = booster.predict(gbm_matrix, num_iteration=booster.best_iteration or None)
     timings["lightgbm_s"] = time.perf_counter() - stage
 
-    components = np.column_stack([mlp_log_price, gbm_log_price, retrieval_log_price])
-    val_prices = table.prices[val_rows]
-    fitted = fit_blend_weights(components[val_rows], val_prices)
+    stage = time.perf_counter()
+    lexical, lexical_log_price = fit_lexical(tokenizer, token_ids, log_prices, splits.fit, config.lexical)
+    save_lexical(lexical, out)
+    timings["lexical_s"] = time.perf_counter() - stage
+
+    components = np.column_stack([mlp_log_price, gbm_log_price, retrieval_log_price, text_log_price,
+                                  lexical_log_price])
+    fitted = fit_blend_weights(components[splits.blend], table.prices[splits.blend])
     blends = {"seed": np.asarray(SEED_WEIGHTS), "fitted": fitted}
     (out / BLEND_FILE).write_text(json.dumps({
         "components": list(COMPONENTS),
         "seed_weights": list(SEED_WEIGHTS),
         "fitted_weights": [float(w) for w in fitted],
-        "fitted_on": "validation rows",
+        "fitted_on": "blend rows (split.json): rows no component was trained on",
         "use": "fitted",
         "retrieval_k": config.retrieval_k,
     }, indent=2))
 
+    val_rows = splits.validation
+    val_prices = table.prices[val_rows]
     predictions = {name: to_price(components[val_rows, i]) for i, name in enumerate(COMPONENTS)}
     predictions.update({f"blend_{name}": to_price(blend(components[val_rows], w)) for name, w in blends.items()})
     write_validation_predictions(out, [table.sample_ids[i] for i in val_rows], val_prices, predictions)
     timings["total_s"] = time.perf_counter() - started
 
-    report = _report(config, table, features, train_rows, val_rows, val_prices, predictions, blends,
-                     history, booster.best_iteration, timings)
+    token_counts = np.asarray([len(ids) for ids in token_ids])
+    report = _report(config, table, features, splits, val_prices, predictions, blends, token_counts,
+                     {"fine_tuning": fine_tuning_history, "fusion": history,
+                      "lightgbm_best_iteration": int(booster.best_iteration or 0)}, timings)
     write_plots(out / "plots", val_prices, predictions["blend_fitted"])
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
     (out / RUN_FILE).write_text(json.dumps({
         "config": asdict(config),
-        "models": features.encoder_identities,
+        "models": {**features.encoder_identities, "base_text_encoder": _identity(config.text_encoder)},
         "numeric_features": list(NUMERIC_FEATURE_NAMES),
         "versions": package_versions(),
     }, indent=2, default=str))
     return report
 
 
-def _report(config, table: CatalogTable, features: Features, train_rows, val_rows, val_prices,
-            predictions, blends, history, best_iteration, timings) -> dict:
-    has_image = features.inputs.has_image.astype(bool)
+def _identity(text_encoder: str) -> dict:
+    return {k: v for k, v in describe_text_encoder(text_encoder).items() if k != "model_dir"}
+
+
+def _report(config, table: CatalogTable, features: Features, splits: Splits, val_prices, predictions, blends,
+            token_counts, training, timings) -> dict:
+    has_image = features.has_image.astype(bool)
     ocr_rows = sum(1 for text in features.ocr_texts if text)
     return {
-        "rows": {"total": len(table), "train": len(train_rows), "validation": len(val_rows),
-                 "skipped_bad_price": len(table.skipped)},
-        "split": {"grouped_by": "image_link", "val_fraction": config.val_fraction, "seed": config.seed},
+        "rows": {"total": len(table), "fit": len(splits.fit), "blend": len(splits.blend),
+                 "validation": len(splits.validation), "skipped_bad_price": len(table.skipped)},
+        "split": {"grouped_by": "image_link", "val_fraction": config.val_fraction,
+                  "blend_fraction": config.blend_fraction, "seed": config.seed},
         "validation_smape": {name: smape(val_prices, pred) for name, pred in predictions.items()},
-        "baseline_median_smape": smape(val_prices, np.full(len(val_prices), np.median(table.prices[train_rows]))),
+        "baseline_median_smape": smape(val_prices, np.full(len(val_prices), np.median(table.prices[splits.fit]))),
         "blend_weights": {name: dict(zip(COMPONENTS, map(float, w))) for name, w in blends.items()},
         "images": {**summarise(features.image_status), "with_image": int(has_image.sum())},
         "ocr": {"engine": config.ocr_engine, "rows_with_text": ocr_rows,
                 "coverage_of_images": ocr_rows / max(1, int(has_image.sum()))},
-        "tokens": {"max_tokens": config.max_tokens,
-                   "truncated_rows": int((features.token_counts >= config.max_tokens).sum())},
-        "fusion_history": history,
-        "lightgbm_best_iteration": int(best_iteration or 0),
+        "tokens": {"max_tokens": config.max_tokens, "truncated_rows": int((token_counts >= config.max_tokens).sum())},
+        "training": training,
         "feature_store": {"chunks_computed": features.chunks_computed, "chunks_reused": features.chunks_reused},
         "timings": timings,
     }
-
