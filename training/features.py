@@ -53,7 +53,7 @@ class Features:
     image_embedding: np.ndarray
     has_image: np.ndarray
     numeric_features: np.ndarray
-    texts: list[str]
+    texts: list[str]  # catalogue text + OCR text, as the text models read it
     image_status: list[str]
     image_detail: list[str]
     ocr_texts: list[str]
