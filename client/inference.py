@@ -49,6 +49,9 @@ class InProcessBackend(InferenceBackend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.log_severity_level = 3
+        # idle pool threads would spin between runs, taking cores from row preparation, which
+        # runs at the same time in another thread (measured: +8% rows/s without spinning)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.sessions = {
             name: ort.InferenceSession(str(deployment.model_path(name)), options, providers=_providers())
             for name, spec in self.specs.items()
