@@ -34,7 +34,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
 ## Models
 - Image encoder: `{image_model}` ({settings.image_dim}-d, 3-view TTA inside the graph, input
   uint8 {settings.image_size}x{settings.image_size} RGB)
-- Text encoder: `{config.text_encoder}` fine-tuned on log1p(price) with a linear price head
+- Text encoder: `{details['source_models']['base_text_encoder']['name']}` fine-tuned on log1p(price) with a linear price head
   ({settings.text_dim}-d, mean pooling, at most {settings.max_tokens} tokens)
 - Fusion MLP and LightGBM on log1p(price) over the fine-tuned embeddings; FAISS retrieval
   (k={settings.retrieval_k}) over the fit rows; lexical model: TF-IDF of hashed word-piece

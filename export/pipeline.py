@@ -142,7 +142,8 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
 
     report = json.loads((run_dir / REPORT_FILE).read_text())
     details = {
-        "source_models": {"image_encoder": image_identity, "text_encoder": text_identity},
+        "source_models": {"image_encoder": image_identity, "text_encoder": text_identity,
+                          "base_text_encoder": json.loads((run_dir / RUN_FILE).read_text())["models"]["base_text_encoder"]},
         "training_run": str(run_dir),
         "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
         "versions": package_versions(),
