@@ -1,10 +1,10 @@
 """Fine-tuning the text encoder on log1p(price), with a linear regression head.
 
-The encoder keeps its exported form (mean pooling + L2 normalisation inside `forward`); the head
-reads the unit-length embedding, so the fusion graph can carry the head as one more output and
-the text encoder graph is unchanged. Batches group rows of similar token length (shuffled
-within buckets of several batches, then the batches are shuffled), which cuts the padding a CPU
-would otherwise compute.
+The encoder keeps its exported form (mean pooling + L2 normalisation inside `forward`) and the
+head reads the unit-length embedding; encoder and head together are the served text encoder
+graph, with the embedding and the head's log price as its two outputs. Batches group rows of
+similar token length (shuffled within buckets of several batches, then the batches are
+shuffled), which cuts the padding a CPU would otherwise compute.
 """
 
 from __future__ import annotations
