@@ -43,8 +43,8 @@ from export.onnx_export import (
 )
 from export.parity import BATCH_SIZES, ParityResult, compare, load_session, raise_on_failure, run_in_batches
 from export.triton_config import write_repository_configs
-from training.encoders import load_image_encoder
-from training.features import extract_features, make_tokenizer
+from training.encoders import load_image_encoder, make_tokenizer
+from training.features import extract_features
 from training.finetune import load_regressor
 from training.fusion import load_fusion
 from training.gbm import gbm_features, load_gbm
@@ -179,9 +179,8 @@ def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], m
         check(IMAGE_ENCODER, {"image": pixels}, [reference], ["min_cosine"])
 
     tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
-    token_ids = tokenizer.encode(features.texts)
     rows = np.linspace(0, len(table) - 1, min(parity_rows, len(table))).astype(int)
-    input_ids, attention_mask = tokenizer.pad([token_ids[i] for i in rows])
+    input_ids, attention_mask = tokenizer.pad(tokenizer.encode([features.texts[i] for i in rows]))
     tokens = {"input_ids": input_ids, "attention_mask": attention_mask}
     embedding, text_log_price = models[TEXT_ENCODER](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
     check(TEXT_ENCODER, tokens, [embedding.numpy(), text_log_price.numpy()], ["min_cosine", "max_abs_diff"])

@@ -8,8 +8,8 @@ import torch
 from client.images import ImageFetcher
 from client.table import read_catalog_csv
 from tests.conftest import SAMPLE
-from training.encoders import load_text_encoder
-from training.features import extract_features, make_tokenizer
+from training.encoders import load_text_encoder, make_tokenizer
+from training.features import extract_features
 from training.finetune import FineTuning, encode_with_head, fine_tune, load_regressor
 from training.pipeline import TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_DIR, TrainConfig
 

@@ -10,7 +10,7 @@ from sklearn.linear_model import Ridge
 
 from client.table import read_catalog_csv
 from tests.conftest import SAMPLE
-from training.features import make_tokenizer
+from training.encoders import make_tokenizer
 from training.lexical import LexicalSettings, fit_lexical, load_lexical, ngram_buckets, save_lexical
 
 

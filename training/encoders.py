@@ -25,6 +25,7 @@ from torch import nn
 
 from client.bundle import sha256_file
 from client.errors import MissingDependencyError
+from client.text import TextTokenizer
 
 OFFLINE_IMAGE_ENCODER = "efficientnet-lite0"
 OFFLINE_TEXT_ENCODER = "all-MiniLM-L6-v2"
@@ -224,6 +225,15 @@ def describe_text_encoder(name_or_path: str = OFFLINE_TEXT_ENCODER) -> dict:
     config = json.loads((model_dir / "config.json").read_text())
     return {"name": name_or_path, "embedding_dim": int(config["hidden_size"]),
             "weights_sha256": _directory_digest(model_dir), "model_dir": str(model_dir)}
+
+
+def make_tokenizer(text_encoder: str, max_tokens: int) -> TextTokenizer:
+    """The tokenizer of a text encoder, from its `tokenizer.json`."""
+    model_dir = describe_text_encoder(text_encoder)["model_dir"]
+    special = json.loads((Path(model_dir) / "special_tokens_map.json").read_text())
+    pad = special.get("pad_token", "[PAD]")
+    pad = pad["content"] if isinstance(pad, dict) else pad
+    return TextTokenizer(Path(model_dir) / "tokenizer.json", max_tokens, pad_token=pad)
 
 
 def load_text_encoder(name_or_path: str = OFFLINE_TEXT_ENCODER) -> tuple[TextEncoder, dict, Path]:

@@ -25,8 +25,8 @@ from client.catalog import numeric_feature_matrix
 from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
 from client.ocr import OcrCache, run_ocr
 from client.table import CatalogTable
-from client.text import TextTokenizer, compose_text
-from training.encoders import ImageEncoder, describe_image_encoder, describe_text_encoder, load_image_encoder
+from client.text import compose_text
+from training.encoders import ImageEncoder, describe_image_encoder, load_image_encoder
 from training.fusion import FusionInputs
 
 logger = logging.getLogger(__name__)
@@ -77,15 +77,6 @@ class _ImageEncoder:
         if self._encoder is None:
             self._encoder, _ = load_image_encoder(self.name)
         return self._encoder
-
-
-def make_tokenizer(text_encoder: str, max_tokens: int) -> TextTokenizer:
-    """The tokenizer of a text encoder, from its `tokenizer.json`."""
-    model_dir = describe_text_encoder(text_encoder)["model_dir"]
-    special = json.loads((Path(model_dir) / "special_tokens_map.json").read_text())
-    pad = special.get("pad_token", "[PAD]")
-    pad = pad["content"] if isinstance(pad, dict) else pad
-    return TextTokenizer(Path(model_dir) / "tokenizer.json", max_tokens, pad_token=pad)
 
 
 @torch.inference_mode()

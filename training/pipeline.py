@@ -46,8 +46,14 @@ from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, summarise
 from client.retrieval import DEFAULT_K, NeighbourIndex
 from client.table import BadPricePolicy, CatalogTable, read_catalog_csv
-from training.encoders import OFFLINE_IMAGE_ENCODER, OFFLINE_TEXT_ENCODER, describe_text_encoder, load_text_encoder
-from training.features import Features, FeatureSettings, extract_features, make_tokenizer
+from training.encoders import (
+    OFFLINE_IMAGE_ENCODER,
+    OFFLINE_TEXT_ENCODER,
+    describe_text_encoder,
+    load_text_encoder,
+    make_tokenizer,
+)
+from training.features import Features, FeatureSettings, extract_features
 from training.finetune import FineTuning, encode_with_head, fine_tune, save_regressor
 from training.fusion import FusionTraining, predict_fusion, save_fusion, train_fusion
 from training.gbm import GbmSettings, gbm_features, save_gbm, train_gbm
