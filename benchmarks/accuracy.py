@@ -29,7 +29,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import Ridge
 
 from client.blend import smape, to_price
-from client.table import read_catalog_csv
+from client.table import CatalogTable, read_catalog_csv
 from training.pipeline import REPORT_FILE, SPLIT_FILE, TrainConfig, train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
@@ -55,11 +55,10 @@ def run_seed(args, seed: int, first_run: Path | None) -> Path:
     return run
 
 
-def score_run(run: Path, csv_path: Path) -> dict[str, float]:
+def score_run(run: Path, table: CatalogTable) -> dict[str, float]:
     """The run's validation SMAPE per estimate, TF-IDF + Ridge's on the same rows, wall time."""
     report = json.loads((run / REPORT_FILE).read_text())
     split = json.loads((run / SPLIT_FILE).read_text())
-    table = read_catalog_csv(csv_path, with_prices=True, bad_prices="skip")
     row_of = {sample_id: i for i, sample_id in enumerate(table.sample_ids)}
     train_rows = [row_of[s] for s in split["fit"] + split["blend"]]
     val_rows = [row_of[s] for s in split["validation"]]
@@ -86,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Path] = []
     for seed in args.seeds:
         runs.append(run_seed(args, seed, runs[0] if runs else None))
-    scores = [score_run(run, args.csv) for run in runs]
+    table = read_catalog_csv(args.csv, with_prices=True, bad_prices="skip")
+    scores = [score_run(run, table) for run in runs]
 
     report = json.loads((runs[0] / REPORT_FILE).read_text())
     rows = report["rows"]

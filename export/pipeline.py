@@ -64,9 +64,9 @@ class ExportResult:
     parity: list[ParityResult]
 
 
-def _train_config(run_dir: Path) -> TrainConfig:
+def _train_config(run_dir: Path, run_info: dict) -> TrainConfig:
     """The run's settings, with its fine-tuned text encoder in place of the base one."""
-    raw = json.loads((run_dir / RUN_FILE).read_text())["config"]
+    raw = run_info["config"]
     keep = {k: raw[k] for k in ("image_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
     images = Path(raw["images_dir"]) if raw.get("images_dir") else None
     return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images,
@@ -87,11 +87,12 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
     Raises:
         ParityError: an exported graph misses its parity bound (with `check`).
     """
-    config = _train_config(run_dir)
+    run_info = json.loads((run_dir / RUN_FILE).read_text())
+    config = _train_config(run_dir, run_info)
     torch.manual_seed(config.seed)
     image_encoder, image_identity = load_image_encoder(config.image_encoder)
-    text_encoder, text_identity = load_regressor(Path(config.text_encoder))
     text_dir = Path(config.text_encoder)
+    text_encoder, text_identity = load_regressor(text_dir)
     fusion = load_fusion(run_dir)
     booster = load_gbm(run_dir)
     lexical = load_lexical(run_dir)
@@ -143,7 +144,7 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
     report = json.loads((run_dir / REPORT_FILE).read_text())
     details = {
         "source_models": {"image_encoder": image_identity, "text_encoder": text_identity,
-                          "base_text_encoder": json.loads((run_dir / RUN_FILE).read_text())["models"]["base_text_encoder"]},
+                          "base_text_encoder": run_info["models"]["base_text_encoder"]},
         "training_run": str(run_dir),
         "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
         "versions": package_versions(),

@@ -35,7 +35,8 @@ class FineTuning:
     """Optimisation of the text encoder (CPU defaults for all-MiniLM-L6-v2 at 128 tokens).
 
     Training runs on CUDA when torch sees a GPU. For the production encoder there
-    (all-mpnet-base-v2 at 256 tokens) the same recipe holds with `learning_rate=3e-5`.
+    (all-mpnet-base-v2 at 256 tokens), `learning_rate=3e-5` is the usual starting point for a
+    base-size encoder; it has not been run here (no GPU, no model hub).
     """
 
     epochs: int = 3

@@ -116,8 +116,8 @@ def fit_lexical(tokenizer: TextTokenizer, token_ids: list[np.ndarray], log_price
     """Fits idf and Ridge on `train_rows`.
 
     Returns:
-        (the model, its log-price prediction for every row, computed with scikit-learn's sparse
-        algebra: the reference the exported graph is checked against).
+        (the model, its log-price prediction for every row, computed with scipy's sparse algebra
+        rather than the model's graph; the tests check the two agree).
     """
     vocab_size = tokenizer.tokenizer.get_vocab_size()
     rows = row_buckets(tokenizer, token_ids, settings, vocab_size)
