@@ -122,21 +122,36 @@ class Deployment:
         """Reads a deployment, first checking every file against the manifest.
 
         Raises:
-            BundleError: a file is missing, added or changed since export (names them all).
+            BundleError: the manifest is missing or unreadable, or a file is missing, added or
+                changed since export (names them all).
         """
         root = Path(root)
         manifest_path = root / BUNDLE_DIR / MANIFEST_FILE
         if not manifest_path.is_file():
             raise BundleError(f"{root}: no {BUNDLE_DIR}/{MANIFEST_FILE}; is this a folder written by export-bundle?")
-        manifest = json.loads(manifest_path.read_text())
+        manifest = _read_json(manifest_path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+            raise BundleError(f"{manifest_path}: no 'files' checksum table; export the deployment again")
         if verify:
             verify_checksums(root, manifest["files"])
-        raw = json.loads((root / BUNDLE_DIR / SETTINGS_FILE).read_text())
-        settings = ServingSettings(**{**raw, "numeric_features": tuple(raw["numeric_features"])})
-        blend = json.loads((root / BUNDLE_DIR / BLEND_FILE).read_text())
-        if tuple(blend["components"]) != COMPONENTS:
-            raise BundleError(f"{root}: blend components {blend['components']} are not {list(COMPONENTS)}")
-        return cls(root, settings, tuple(blend["weights"]), manifest)
+        raw = _read_json(root / BUNDLE_DIR / SETTINGS_FILE)
+        blend = _read_json(root / BUNDLE_DIR / BLEND_FILE)
+        try:
+            settings = ServingSettings(**{**raw, "numeric_features": tuple(raw["numeric_features"])})
+            components, weights = tuple(blend["components"]), tuple(float(w) for w in blend["weights"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{root}: unusable {SETTINGS_FILE} or {BLEND_FILE} ({error!r}); export again") from None
+        if components != COMPONENTS:
+            raise BundleError(f"{root}: blend components {list(components)} are not {list(COMPONENTS)}")
+        return cls(root, settings, weights, manifest)
+
+
+def _read_json(path: Path):
+    """A deployment's JSON file; BundleError when it is missing, unreadable or not JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise BundleError(f"{path}: unreadable ({error}); export the deployment again") from None
 
 
 def verify_checksums(root: Path, expected: dict[str, str]) -> None:

@@ -27,6 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     except (InputError, BundleError, InferenceError, ServerStartError, MissingDependencyError) as error:
         print(f"client {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as interrupt:
+        print(f"\nclient {args.command}: {interrupt or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 class InputError(ValueError):
-    """An input file is unusable: missing columns, duplicate ids, bad prices, empty file.
+    """An input is unusable: a CSV with missing columns, duplicate ids, bad prices or malformed
+    lines, a wrong encoding, or an output path that would overwrite an input.
 
-    Raised before any work is done, and the message names the offending rows.
+    Raised before any work is done, and the message names the offending rows, lines or option.
     """
 
 
@@ -24,3 +25,15 @@ class InferenceError(RuntimeError):
 
 class MissingDependencyError(ImportError):
     """An optional dependency is not installed; the message gives the `pip install` that fixes it."""
+
+
+class PredictionInterrupted(KeyboardInterrupt):
+    """`client predict` was stopped by Ctrl-C; the finished rows are kept in the journal."""
+
+    def __init__(self, finished_rows: int, journal: object):
+        super().__init__(
+            f"interrupted: {finished_rows} finished row(s) are kept in {journal}; "
+            "run the same command again to continue"
+        )
+        self.finished_rows = finished_rows
+        self.journal = journal

@@ -21,11 +21,9 @@ import http.client
 import io
 import logging
 import math
-import os
 import random
 import socket
 import struct
-import tempfile
 import threading
 import time
 import urllib.error
@@ -41,6 +39,9 @@ from urllib.parse import SplitResult, unquote, urlsplit
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from client.files import atomic_write
+from client.links import LinkPolicy, RefusedLinkError, build_opener
+
 IMAGE_SIZE = 256
 """Side of the square uint8 RGB image the image encoder takes."""
 
@@ -49,6 +50,11 @@ MAX_IMAGE_PIXELS = 40_000_000
 
 OCR_MAX_SIDE = 640
 """Default longest side of the image handed to OCR."""
+
+OCR_MAX_ASPECT = 4
+"""Longest side over shortest side of the image handed to OCR, at most: thinner images are
+padded. OCR detectors enlarge the short side to a fixed size, so without this bound a
+1 x 5,000 px banner becomes a detector input of gigabytes."""
 
 PAD_COLOR = (255, 255, 255)
 """Product photos are shot on white, so padding and transparency become white."""
@@ -74,6 +80,7 @@ class ImageStatus(str, Enum):
     TRUNCATED = "truncated"
     TOO_MANY_PIXELS = "too_many_pixels"
     BAD_LINK = "bad_link"
+    REFUSED = "refused"
 
 
 @dataclass(frozen=True)
@@ -173,13 +180,17 @@ class ImageFetcher:
 
     Resolution order for :meth:`fetch`: an empty link is NO_LINK; then
     ``images_dir / link_name(link)`` when that file exists; then a local path or ``file://``
-    URL; then an ``http(s)://`` download (also when ``images_dir`` lacks the file); anything
-    else is BAD_LINK. Downloads are cached in ``cache_dir`` (when given) under the SHA-256 of
-    the URL, written atomically. Thread-safe; :meth:`fetch` never raises for bad input.
+    URL (REFUSED unless ``policy`` allows local files); then an ``http(s)://`` download (also
+    when ``images_dir`` lacks the file) to addresses the policy allows (else REFUSED);
+    anything else is BAD_LINK. Downloads are cached in ``cache_dir`` (when given) under the
+    SHA-256 of the URL, written atomically. Thread-safe; :meth:`fetch` never raises for bad
+    input.
 
     Args:
         images_dir: A folder of images named like the links' last path segment.
         cache_dir: Where downloaded images are cached; no cache when None.
+        policy: Which links besides public http(s) ones may be followed (see
+            :mod:`client.links`); by default none.
         max_bytes: Largest accepted file, local or downloaded.
         timeout_s: Time limit of one download attempt (connection and whole body).
         retries: Extra attempts after a network error, HTTP 429 or 5xx.
@@ -196,6 +207,7 @@ class ImageFetcher:
         images_dir: Path | None = None,
         cache_dir: Path | None = None,
         *,
+        policy: LinkPolicy = LinkPolicy(),
         max_bytes: int = 10 * 2**20,
         timeout_s: float = 10.0,
         retries: int = 2,
@@ -205,6 +217,8 @@ class ImageFetcher:
     ) -> None:
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.policy = policy
+        self._opener = build_opener(policy)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
@@ -236,13 +250,23 @@ class ImageFetcher:
         if local is not None:
             return self._read_file(local)
         scheme = parts.scheme.lower()
+        is_local = scheme in {"file", ""} or len(scheme) == 1  # one letter: a Windows drive
+        if is_local and not self.policy.allow_local_files:
+            return FetchedImage.failed(
+                ImageStatus.REFUSED,
+                f"local file link refused: {link!r} (give the folder with --images, or --allow-local-files)",
+            )
         if scheme == "file":
             return self._fetch_file_url(link, parts)
         if scheme in {"http", "https"}:
             if not parts.hostname:
                 return FetchedImage.failed(ImageStatus.BAD_LINK, f"URL without a host: {link!r}")
+            try:
+                self.policy.check_host(parts.hostname)
+            except RefusedLinkError as error:
+                return FetchedImage.failed(ImageStatus.REFUSED, f"{link}: {error}")
             return self._fetch_url(link)
-        if scheme == "" or len(scheme) == 1:  # a plain path (one letter: a Windows drive)
+        if is_local:
             return self._fetch_path(link)
         return FetchedImage.failed(ImageStatus.BAD_LINK, f"unsupported link scheme {scheme!r}: {link!r}")
 
@@ -315,7 +339,9 @@ class ImageFetcher:
         result = self._download_with_retries(url, host)
         if result.status is ImageStatus.OK and cached is not None and result.data is not None:
             try:
-                _write_atomically(cached, result.data)
+                cached.parent.mkdir(parents=True, exist_ok=True)
+                with atomic_write(cached, "wb") as handle:
+                    handle.write(result.data)
             except OSError as error:  # a full or read-only cache must not lose the image
                 _log.warning("cannot cache %s in %s: %s", url, cached, error)
         return result
@@ -366,8 +392,10 @@ class ImageFetcher:
         request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
         deadline = time.monotonic() + self.timeout_s
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with self._opener.open(request, timeout=self.timeout_s) as response:
                 return self._read_response(url, response, deadline)
+        except RefusedLinkError as error:
+            return FetchedImage.failed(ImageStatus.REFUSED, f"{url}: {error}")
         except urllib.error.HTTPError as error:
             if error.code in _RETRY_HTTP_CODES:
                 raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
@@ -421,21 +449,6 @@ def _content_length(response: http.client.HTTPResponse) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that a crash leaves either the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".part")
-    try:
-        with os.fdopen(handle, "wb") as temp:
-            temp.write(data)
-            temp.flush()
-            os.fsync(temp.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
 
 
 # -- decoding and preparation --------------------------------------------------------------------
@@ -526,11 +539,15 @@ def prepare_image(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
 
 
 def ocr_view(image: Image.Image, max_side: int = OCR_MAX_SIDE) -> np.ndarray:
-    """The image as an RGB uint8 array for OCR, shrunk so its longest side is at most ``max_side``.
+    """The image as an RGB uint8 array for OCR, of bounded size and shape.
+
+    The image is shrunk so its longest side is at most ``max_side`` (smaller images are not
+    enlarged), then padded with white, centred, so that no side is shorter than the longest
+    over :data:`OCR_MAX_ASPECT`: a banner or a cable photo costs OCR no more than a square.
 
     Args:
         image: A decoded image (converted to RGB if it is not).
-        max_side: Longest side of the result; smaller images are not enlarged.
+        max_side: Longest side of the result.
 
     Returns:
         A C-contiguous uint8 array of shape ``[height, width, 3]``.
@@ -540,6 +557,11 @@ def ocr_view(image: Image.Image, max_side: int = OCR_MAX_SIDE) -> np.ndarray:
     if scale < 1:
         new_size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
         rgb = rgb.resize(new_size, Image.Resampling.BICUBIC)
+    min_side = math.ceil(max(rgb.size) / OCR_MAX_ASPECT)
+    if min(rgb.size) < min_side:
+        canvas = Image.new("RGB", (max(rgb.width, min_side), max(rgb.height, min_side)), PAD_COLOR)
+        canvas.paste(rgb, ((canvas.width - rgb.width) // 2, (canvas.height - rgb.height) // 2))
+        rgb = canvas
     return np.array(rgb, dtype=np.uint8, order="C")
 
 
@@ -577,6 +599,7 @@ def load_images(
     size: int = IMAGE_SIZE,
     ocr_max_side: int | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    stop: threading.Event | None = None,
 ) -> list[PreparedImage]:
     """Fetch, decode and prepare a batch of links in parallel, one result per link, in order.
 
@@ -590,6 +613,8 @@ def load_images(
         size: Side of the encoder's square image.
         ocr_max_side: When given, each OK result also carries ``ocr_pixels`` for OCR.
         max_pixels: Largest accepted width x height.
+        stop: When it is set, links not yet started are skipped (status UNREACHABLE,
+            "not fetched: stopped"); the caller is expected to discard the results.
 
     Returns:
         One :class:`PreparedImage` per link.
@@ -598,6 +623,8 @@ def load_images(
     unique = list(dict.fromkeys(keys))
 
     def load(link: str | None) -> PreparedImage:
+        if stop is not None and stop.is_set():
+            return PreparedImage(None, ImageStatus.UNREACHABLE, "not fetched: stopped")
         return prepare_fetched(
             fetcher.fetch(link), size=size, ocr_max_side=ocr_max_side, max_pixels=max_pixels
         )

@@ -1,12 +1,13 @@
 """`client predict`: a price for every row of a catalogue CSV.
 
 The rows go through in waves. While one wave is being inferred, the next is prepared in a
-thread (images fetched and decoded in parallel, OCR, tokenisation, catalogue features) and the
-previous one is finished: its retrieval estimates (one FAISS search per wave), blend, and
-journal. Each wave is cut into batches of rows with and without an image and of similar token
-length, sent with a bounded number of requests in flight. A rerun after a crash or a kill
-continues from the journal; the output CSV is written atomically at the end, in input order,
-one row per input row.
+thread (images fetched and decoded in parallel, OCR, tokenisation, catalogue features). Each
+wave is cut into batches of rows with and without an image and of similar token length, sent
+with a bounded number of requests in flight; as each batch returns, its retrieval estimates,
+blend and journal lines are written. A rerun after a crash, a kill or Ctrl-C continues from
+the journal; the output CSV is written atomically at the end, in input order, one row per
+input row. Output paths are checked before any work: no output may overwrite the input, the
+deployment or another output.
 """
 
 from __future__ import annotations
@@ -17,9 +18,12 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import tempfile
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,8 +33,11 @@ from tqdm.auto import tqdm
 from client.blend import COMPONENTS, blend, to_price
 from client.bundle import Deployment
 from client.catalog import numeric_feature_matrix
+from client.errors import InputError, PredictionInterrupted
+from client.files import JsonLines, atomic_write
 from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, load_images
 from client.inference import InferenceBackend, InProcessBackend, TritonBackend
+from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
 from client.ocr import OcrCache, run_ocr
 from client.table import CatalogTable, read_catalog_csv
@@ -62,10 +69,25 @@ class PredictConfig:
     summary_json: Path | None = None
     restart: bool = False
     progress: bool = True
+    encoding: str | None = None
+    link_policy: LinkPolicy = field(default_factory=LinkPolicy)
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "max_in_flight", "wave_rows", "ocr_workers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, not {self.retries}")
 
     @property
     def journal(self) -> Path:
         return self.output_csv.with_name(self.output_csv.name + JOURNAL_SUFFIX)
+
+    def outputs(self) -> dict[str, Path]:
+        """Every file the run writes, by the option that names it."""
+        named = {"--output": self.output_csv, "the journal": self.journal,
+                 "--details": self.details_csv, "--summary": self.summary_json}
+        return {option: path for option, path in named.items() if path is not None}
 
 
 @dataclass
@@ -88,44 +110,36 @@ class Journal:
     A batch's lines are flushed as it finishes, so a crash or kill of this process loses at most
     the batches in flight (the operating system keeps what was flushed; it is fsynced on close,
     and a power cut can cost the last lines, which a rerun predicts again). A torn last line is
-    ignored when the journal is read back.
+    dropped when the journal is read back.
     """
 
     def __init__(self, path: Path, fingerprint: str, restart: bool):
         self.path = path
+        self.file = JsonLines(path)
         self.records: dict[str, dict] = {}
-        if path.exists() and not restart:
+        if not restart:
             self._load(fingerprint)
         if not self.records:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"fingerprint": fingerprint}) + "\n")
-        self._handle = path.open("a", encoding="utf-8")
+            self.file.replace([{"fingerprint": fingerprint}])
 
     def _load(self, fingerprint: str) -> None:
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        try:
-            header = json.loads(lines[0]) if lines else {}
-        except json.JSONDecodeError:
-            header = {}
+        header, *records = self.file.read() or [{}]
         if header.get("fingerprint") != fingerprint:
-            logger.warning("%s belongs to another input or deployment: starting over", self.path)
+            if self.path.exists():
+                logger.warning("%s belongs to another input or deployment: starting over", self.path)
             return
-        for line in lines[1:]:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line torn by a crash: its rows are predicted again
-            self.records[record["sample_id"]] = record
+        self.records = {record["sample_id"]: record for record in records if "sample_id" in record}
+
+    def __len__(self) -> int:
+        return len(self.records)
 
     def append(self, records: list[dict]) -> None:
-        self._handle.write("".join(json.dumps(r) + "\n" for r in records))
-        self._handle.flush()
+        self.file.append(records)
         for record in records:
             self.records[record["sample_id"]] = record
 
     def close(self) -> None:
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        self.file.sync()
 
 
 def _fingerprint(input_csv: Path, deployment: Deployment) -> str:
@@ -162,16 +176,23 @@ class Predictor:
         self.index = deployment.neighbour_index()
         self.index.use_gpu()
         self.weights = np.asarray(deployment.blend_weights)
+        self.stop = threading.Event()
 
     def prepare(self, table: CatalogTable, rows: np.ndarray) -> Wave:
-        """Images, OCR, tokens and catalogue features of `rows` (runs in a worker thread)."""
+        """Images, OCR, tokens and catalogue features of `rows` (runs in a worker thread).
+
+        Raises:
+            CancelledError: `stop` was set while the wave was being prepared.
+        """
         started = time.perf_counter()
         ocr = self.settings.ocr_engine != "none"
-        images = load_images(self.fetcher, [table.image_links[r] for r in rows],
-                             size=self.settings.image_size, ocr_max_side=OCR_MAX_SIDE if ocr else None)
+        images = load_images(self.fetcher, [table.image_links[r] for r in rows], size=self.settings.image_size,
+                             ocr_max_side=OCR_MAX_SIDE if ocr else None, stop=self.stop)
         texts_read = run_ocr(self.settings.ocr_engine,
                              [(i.sha256, i.ocr_pixels) for i in images if i.has_image and i.ocr_pixels is not None],
-                             self.ocr_cache, workers=self.ocr_workers)
+                             self.ocr_cache, workers=self.ocr_workers, stop=self.stop)
+        if self.stop.is_set():
+            raise CancelledError
         ocr_texts = [texts_read.get(i.sha256, "") if i.has_image else "" for i in images]
         catalog = [table.texts[r] for r in rows]
         return Wave(
@@ -231,9 +252,10 @@ class Predictor:
 
 async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndarray, journal: Journal,
                         config: PredictConfig, stats: dict) -> None:
-    """Runs the waves through a three-stage pipeline: while wave k is inferred, wave k+1 is
-    prepared in a thread and wave k-1 is finished (one FAISS search for the whole wave, which
-    is far cheaper than one per batch) and journaled."""
+    """Runs the waves through a two-stage pipeline: while the batches of wave k are inferred
+    (each finished and journaled as it returns), wave k+1 is prepared in a thread. On any
+    exception or cancellation the preparation is told to stop, requests in flight are
+    cancelled, and what finished stays in the journal."""
     # Waves of rows of similar text length make batches of similar token length, with little
     # padding; the output is put back in input order at the end.
     todo = todo[np.argsort([len(table.texts[i]) for i in todo], kind="stable")]
@@ -243,40 +265,37 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
     progress = tqdm(total=len(table), initial=len(table) - len(todo), unit="row", desc="predict",
                     disable=not config.progress, smoothing=0.1)
 
-    async def infer(ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    async def infer(wave: Wave, ensemble: str, positions: np.ndarray, inputs: dict[str, np.ndarray]) -> None:
         async with in_flight:
             started = time.perf_counter()
             outputs = await predictor.backend.infer(ensemble, inputs)
             stats["request_s"] += time.perf_counter() - started
-        progress.update(len(inputs["input_ids"]))
-        return outputs
-
-    async def finish(wave: Wave, positions: list[np.ndarray], tasks: list[asyncio.Task]) -> None:
-        outputs = await asyncio.gather(*tasks)
-        merged = {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}
-        journal.append(predictor.finish(table, wave, np.concatenate(positions), merged))
-        stats["image_status"].update(wave.image_status)
-        stats["ocr_rows"] += sum(1 for c in wave.ocr_chars if c)
+        journal.append(predictor.finish(table, wave, positions, outputs))
+        stats["image_status"].update(wave.image_status[p] for p in positions)
+        stats["ocr_rows"] += sum(1 for p in positions if wave.ocr_chars[p])
+        progress.update(len(positions))
 
     started: list[asyncio.Task] = []
+    upcoming: asyncio.Future | None = None
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
             upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
-            previous = None
+            previous: list[asyncio.Task] = []
             for number in range(len(waves)):
                 wave = await upcoming
                 stats["prepare_s"] += wave.seconds
+                upcoming = None
                 if number + 1 < len(waves):
                     upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
-                batches = predictor.batches(wave, config.batch_size)
-                tasks = [asyncio.create_task(infer(ensemble, inputs)) for ensemble, _, inputs in batches]
+                tasks = [asyncio.create_task(infer(wave, *request)) for request in predictor.batches(wave, config.batch_size)]
                 started += tasks
-                if previous is not None:
-                    await finish(*previous)
-                previous = (wave, [positions for _, positions, _ in batches], tasks)
-            if previous is not None:
-                await finish(*previous)
+                await asyncio.gather(*previous)  # at most two waves in flight
+                previous = tasks
+            await asyncio.gather(*previous)
     except BaseException:
+        predictor.stop.set()  # the preparing thread stops at its next image
+        if upcoming is not None:
+            upcoming.cancel()
         for task in started:  # stop what is still running: what finished is in the journal
             task.cancel()
         await asyncio.gather(*started, return_exceptions=True)
@@ -285,16 +304,51 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
         progress.close()
 
 
-def _write_csv_atomically(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+def _same_file(path: Path, other: Path) -> bool:
+    if path.resolve() == other.resolve():
+        return True
+    try:
+        return os.path.samefile(path, other)  # hard links, bind mounts
+    except OSError:
+        return False
+
+
+def check_output_paths(config: PredictConfig) -> None:
+    """Refuses, before any work, outputs that would overwrite an input or each other.
+
+    Creates each output's folder when it is missing and checks that a file can be written
+    there (the check's probe file is removed at once).
+
+    Raises:
+        InputError: an output is the input CSV, inside the deployment, a folder, the same
+            file as another output, or in a folder that cannot be written; the message names
+            the option.
+    """
+    seen: dict[str, Path] = {}
+    for option, path in config.outputs().items():
+        if path.is_dir():
+            raise InputError(f"{option} {path} is a folder: name a file in it")
+        if _same_file(path, config.input_csv):
+            raise InputError(f"{option} {path} is the input CSV: it would be overwritten; name another file")
+        if path.resolve().is_relative_to(config.deployment.resolve()):
+            raise InputError(f"{option} {path} is inside the deployment {config.deployment}: name a file elsewhere")
+        for other_option, other in seen.items():
+            if _same_file(path, other):
+                raise InputError(f"{option} and {other_option} are the same file {path}: name two files")
+        seen[option] = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=path.parent):
+                pass
+        except OSError as error:
+            raise InputError(f"{option} {path}: cannot write in {path.parent} ({error.strerror or error})") from None
+
+
+def _write_csv(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
+    with atomic_write(path, newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
         writer.writerows(rows)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def make_backend(deployment: Deployment, urls: list[str], retries: int = 5) -> InferenceBackend:
@@ -306,13 +360,17 @@ async def predict_async(config: PredictConfig) -> dict:
     """Runs a whole prediction; returns the summary (also written to `summary_json` if set).
 
     Raises:
-        InputError: the CSV is unusable (before any work).
+        InputError: the CSV is unusable, or an output path would overwrite an input or
+            another output (before any work).
         BundleError: the deployment fails its checksums, or a server serves other models.
         InferenceError: the servers stayed unavailable past the retries (finished rows are
             in the journal; rerun to continue).
     """
     started = time.perf_counter()
-    table = read_catalog_csv(config.input_csv)
+    check_output_paths(config)
+    if config.images_dir is not None and not config.images_dir.is_dir():
+        raise InputError(f"--images {config.images_dir} is not a folder")
+    table = read_catalog_csv(config.input_csv, encoding=config.encoding)
     deployment = Deployment.load(config.deployment)
     backend = make_backend(deployment, config.urls, config.retries)
     try:
@@ -320,7 +378,7 @@ async def predict_async(config: PredictConfig) -> dict:
             await backend.verify(deployment)
         predictor = Predictor(
             deployment, backend,
-            ImageFetcher(config.images_dir, cache_dir=config.cache_dir / "images"),
+            ImageFetcher(config.images_dir, cache_dir=config.cache_dir / "images", policy=config.link_policy),
             OcrCache(config.cache_dir / "ocr_cache.jsonl"), config.ocr_workers,
         )
         journal = Journal(config.journal, _fingerprint(config.input_csv, deployment), config.restart)
@@ -335,13 +393,12 @@ async def predict_async(config: PredictConfig) -> dict:
         await backend.close()
 
     records = [journal.records[sid] for sid in table.sample_ids]
-    _write_csv_atomically(config.output_csv, ("sample_id", "price"), [[r["sample_id"], f"{r['price']:.4f}"] for r in records])
+    _write_csv(config.output_csv, ("sample_id", "price"), [[r["sample_id"], f"{r['price']:.4f}"] for r in records])
     if config.details_csv:
-        _write_csv_atomically(config.details_csv, DETAIL_COLUMNS, [
+        _write_csv(config.details_csv, DETAIL_COLUMNS, [
             [r["sample_id"], f"{r['price']:.4f}", *(f"{r[c]:.4f}" for c in COMPONENTS), r["has_image"],
              r["image_status"], r["ocr_chars"], "; ".join(r["warnings"])] for r in records
         ])
-    config.journal.unlink()
     elapsed = time.perf_counter() - started
     summary = {
         "rows": len(table),
@@ -358,10 +415,51 @@ async def predict_async(config: PredictConfig) -> dict:
     if isinstance(backend, TritonBackend):
         summary["requests_per_server"] = dict(zip(backend.urls, backend.requests_per_server))
     if config.summary_json:
-        config.summary_json.write_text(json.dumps(summary, indent=2))
+        with atomic_write(config.summary_json, encoding="utf-8") as handle:
+            handle.write(json.dumps(summary, indent=2))
+    config.journal.unlink()  # last: every output is written
     return summary
 
 
 def predict(config: PredictConfig) -> dict:
-    """Synchronous wrapper of `predict_async`."""
-    return asyncio.run(predict_async(config))
+    """Synchronous wrapper of `predict_async` that stops cleanly on Ctrl-C.
+
+    The first SIGINT cancels the run: no new image is started, requests in flight are
+    cancelled, every finished batch stays in the journal, and PredictionInterrupted is raised
+    (rerunning the same command continues). A second SIGINT exits the process at once, which
+    loses nothing either: journal lines are flushed as each batch finishes.
+
+    Raises:
+        PredictionInterrupted: the run was stopped by Ctrl-C.
+    """
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return asyncio.run(predict_async(config))
+    interrupts = 0
+    with asyncio.Runner() as runner:
+        run = runner.get_loop().create_task(predict_async(config))
+
+        def on_interrupt(signum, frame) -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                os.write(2, b"\nclient predict: interrupted again: stopping now (finished batches are kept)\n")
+                os._exit(130)
+            runner.get_loop().call_soon_threadsafe(run.cancel)
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            return runner.get_loop().run_until_complete(run)
+        except asyncio.CancelledError:
+            if not interrupts:
+                raise
+            raise PredictionInterrupted(_journaled_rows(config.journal), config.journal) from None
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _journaled_rows(journal: Path) -> int:
+    try:
+        with journal.open("rb") as handle:
+            return max(0, sum(1 for line in handle if line.endswith(b"\n")) - 1)  # minus the header
+    except OSError:
+        return 0

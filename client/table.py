@@ -1,13 +1,19 @@
 """Reading catalogue CSV files, refusing unusable ones before any work is done.
 
-Rows are numbered from 1 in messages, counting data rows only (the header is not a row), so
-"row 3" is the third product in the file whatever line breaks its text contains.
+Parsing is strict: a wrong encoding, an unclosed quote, a row with too few or too many fields
+or a field that swallowed whole lines of the file is an error naming the line, never a row
+silently lost or shifted. Problems of the file's structure are reported by physical line
+number ("line 7"); problems of the content by data-row number ("row 3": the third product in
+the file, the header not counted, whatever line breaks its text contains).
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import math
+import re
 import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +28,16 @@ REQUIRED_COLUMNS = ("sample_id", "catalog_content", "image_link")
 PRICE_COLUMN = "price"
 BadPricePolicy = Literal["refuse", "skip"]
 _MAX_LISTED = 10
+
+DEFAULT_ENCODING = "utf-8"
+"""What a CSV is read as unless it starts with a UTF-16/32 byte-order mark or another
+encoding is named; a UTF-8 byte-order mark is accepted and dropped."""
+
+# Longest BOMs first: the UTF-32-LE mark begins with the UTF-16-LE one.
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"), (codecs.BOM_UTF8, "utf-8-sig"))
+_ENCODING_HINT = "save the file as UTF-8, or name its encoding (--encoding cp1252, latin-1, utf-16, ...)"
+_LINK_START = re.compile(r"^(https?|file)://", re.IGNORECASE)
 
 # Catalogue texts can be long; the csv module's default field limit is 128 KiB.
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
@@ -68,6 +84,91 @@ def _describe_rows(rows: list[int]) -> str:
     return f"row{'s' if len(rows) > 1 else ''} {listed}{more}"
 
 
+def _list_problems(problems: list[str]) -> str:
+    more = f"; and {len(problems) - _MAX_LISTED} more" if len(problems) > _MAX_LISTED else ""
+    return "; ".join(problems[:_MAX_LISTED]) + more
+
+
+def _decode(data: bytes, path: Path, encoding: str | None) -> str:
+    """The file's text: in `encoding`, else by its byte-order mark, else UTF-8."""
+    if encoding is None:
+        encoding = next((name for bom, name in _BOMS if data.startswith(bom)), DEFAULT_ENCODING)
+    try:
+        codec = codecs.lookup(encoding).name
+    except LookupError:
+        raise InputError(f"unknown encoding {encoding!r}; common ones: utf-8, cp1252, latin-1, utf-16") from None
+    if codec == "utf-8":
+        codec = "utf-8-sig"  # a UTF-8 byte-order mark is no part of the first column's name
+    try:
+        return data.decode(codec)
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise InputError(
+            f"{path}: line {line}: byte(s) {data[error.start:error.end]!r} at byte {error.start} are not "
+            f"valid {encoding}: {_ENCODING_HINT}"
+        ) from None
+
+
+def _parse_records(text: str, path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header and every non-blank record with the line it starts on; strict CSV.
+
+    Raises:
+        InputError: a CSV syntax error (an unclosed quote, a quote inside an unquoted field,
+            a NUL character), naming its line.
+    """
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    records: list[tuple[int, list[str]]] = []
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as error:
+            hint = " (a quote that is never closed?)" if "unexpected end of data" in str(error) else ""
+            raise InputError(f"{path}: line {first_line}: malformed CSV: {error}{hint}") from None
+        if any(field.strip() for field in record):
+            records.append((first_line, record))
+    if not records:
+        raise InputError(f"{path}: the file is empty (no header row)")
+    (_, header), *rows = records
+    return header, rows
+
+
+def _swallowed_line(fields: list[str], header: list[str], link_column: int) -> int | None:
+    """Where a quoted field holds a whole other row of the file (the sign of an unclosed quote
+    that swallowed the rows after it): that line's offset from the record's first line."""
+    offset = 0
+    for value in fields:
+        for number, line in enumerate(value.split("\n")[1:], start=1):
+            parsed = next(csv.reader([line]), [])
+            if (len(parsed) == len(header) and parsed[0].strip() and " " not in parsed[0].strip()
+                    and _LINK_START.match(parsed[link_column].strip())):
+                return offset + number
+        offset += value.count("\n")
+    return None
+
+
+def _structure_problems(header: list[str], rows: list[tuple[int, list[str]]], link_column: int) -> list[str]:
+    problems = []
+    for line, fields in rows:
+        if len(fields) != len(header):
+            problems.append(
+                f"line {line}: {len(fields)} field(s), the header has {len(header)} "
+                f"({'an unquoted comma in a text?' if len(fields) > len(header) else 'a field missing?'})"
+            )
+            continue
+        swallowed = _swallowed_line(fields, header, link_column)
+        if swallowed is not None:
+            problems.append(
+                f"line {line}: a quoted field runs on over line {line + swallowed}, which reads as a row of "
+                "its own (a quote that is never closed?)"
+            )
+        elif "\n" in fields[0] or "\n" in fields[link_column].strip():
+            problems.append(f"line {line}: a line break inside sample_id or image_link (a misplaced quote?)")
+    return problems
+
+
 def _parse_price(raw: str | None) -> tuple[float | None, str]:
     if raw is None or raw.strip() == "":
         return None, "price is missing"
@@ -85,45 +186,53 @@ def read_catalog_csv(
     *,
     with_prices: bool = False,
     bad_prices: BadPricePolicy = "refuse",
+    encoding: str | None = None,
 ) -> CatalogTable:
     """Reads and validates a catalogue CSV.
 
     Args:
-        path: the CSV file (UTF-8, header row first).
+        path: the CSV file (header row first).
         with_prices: read it as training data: a `price` column is required.
         bad_prices: what to do with a row whose price is missing, non-numeric or <= 0:
             "refuse" raises, "skip" drops the row and records it in `CatalogTable.skipped`.
+        encoding: the file's text encoding; None reads UTF-8 (or UTF-16/32 when the file
+            starts with their byte-order mark).
 
     Returns:
         The validated table.
 
     Raises:
-        InputError: the file is empty or unreadable, lacks a required column, repeats a
-            `sample_id`, or (with `bad_prices="refuse"`) has bad prices. The message names
-            the rows.
+        InputError: the file is empty or unreadable, is not valid text in its encoding, is
+            malformed CSV (unclosed quotes, rows with the wrong number of fields), lacks a
+            required column, repeats a `sample_id`, or (with `bad_prices="refuse"`) has bad
+            prices. The message names the lines or rows.
     """
     if bad_prices not in ("refuse", "skip"):
         raise ValueError(f"bad_prices must be 'refuse' or 'skip', not {bad_prices!r}")
     path = Path(path)
+    if path.exists() and not path.is_file():  # a folder, a device such as /dev/zero, a pipe
+        raise InputError(f"{path}: not a regular file")
     try:
-        handle = path.open(newline="", encoding="utf-8-sig")
+        data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
-    with handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames
-        if not header:
-            raise InputError(f"{path}: the file is empty (no header row)")
-        required = REQUIRED_COLUMNS + ((PRICE_COLUMN,) if with_prices else ())
-        missing = [c for c in required if c not in header]
-        if missing:
-            raise InputError(
-                f"{path}: missing required column(s) {', '.join(missing)}; "
-                f"the header has {', '.join(header)}"
-            )
-        records = list(reader)
-    if not records:
+    header, rows = _parse_records(_decode(data, path, encoding), path)
+    header = [name.strip() for name in header]
+    required = REQUIRED_COLUMNS + ((PRICE_COLUMN,) if with_prices else ())
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise InputError(
+            f"{path}: missing required column(s) {', '.join(missing)}; the header has {', '.join(header)}"
+        )
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise InputError(f"{path}: the header names column(s) {', '.join(repeated)} more than once")
+    if not rows:
         raise InputError(f"{path}: the file has a header but no rows")
+    problems = _structure_problems(header, rows, header.index("image_link"))
+    if problems:
+        raise InputError(f"{path}: {len(problems)} malformed line(s): {_list_problems(problems)}")
+    records = [dict(zip(header, fields)) for _, fields in rows]
 
     first_seen: dict[str, int] = {}
     duplicates: dict[str, list[int]] = defaultdict(list)
@@ -164,10 +273,9 @@ def read_catalog_csv(
         table.image_links.append((record.get("image_link") or "").strip())
         table.row_numbers.append(number)
     if bad and bad_prices == "refuse":
-        listed = "; ".join(f"row {n}: {why}" for n, why in bad[:_MAX_LISTED])
-        more = f"; and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
+        listed = _list_problems([f"row {n}: {why}" for n, why in bad])
         raise InputError(
-            f"{path}: {len(bad)} row(s) without a usable price ({listed}{more}). "
+            f"{path}: {len(bad)} row(s) without a usable price ({listed}). "
             "Fix them, or skip them explicitly (--skip-bad-prices)."
         )
     if with_prices:

@@ -7,6 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
+from client.errors import BundleError, InputError, MissingDependencyError
 from export.parity import ParityError
 from export.pipeline import PARITY_ROWS, export_run
 
@@ -31,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as exc:
         print(f"export-bundle: {exc}", file=sys.stderr)
         return 1
+    except (InputError, BundleError, MissingDependencyError) as exc:
+        print(f"export-bundle: error: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, KeyError) as exc:  # a run folder with files missing or written by another version
+        print(f"export-bundle: error: {args.run} is an incomplete or unreadable training run: {exc!r}",
+              file=sys.stderr)
+        return 2
     for parity in result.parity:
         print(parity.describe())
     print(f"wrote {result.root}")

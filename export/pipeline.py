@@ -19,6 +19,7 @@ from client.blend import COMPONENTS
 from client.bundle import (
     BLEND_FILE,
     BUNDLE_DIR,
+    MANIFEST_FILE,
     MODEL_FILE,
     REPOSITORY_DIR,
     TOKENIZER_FILE,
@@ -28,6 +29,7 @@ from client.bundle import (
     write_manifest,
 )
 from client.catalog import NUMERIC_FEATURE_NAMES
+from client.errors import InputError
 from client.images import ImageFetcher, load_images
 from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
 from client.retrieval import NeighbourIndex
@@ -68,9 +70,29 @@ def _train_config(run_dir: Path, run_info: dict) -> TrainConfig:
     """The run's settings, with its fine-tuned text encoder in place of the base one."""
     raw = run_info["config"]
     keep = {k: raw[k] for k in ("image_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
+    keep |= {k: raw[k] for k in ("csv_encoding", "allow_local_files", "allow_private_addresses") if k in raw}
+    keep["allowed_networks"] = tuple(raw.get("allowed_networks", ()))
     images = Path(raw["images_dir"]) if raw.get("images_dir") else None
     return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images,
                        text_encoder=str(run_dir / TEXT_ENCODER_DIR), **keep)
+
+
+def check_export_paths(run_dir: Path, output: Path) -> None:
+    """Refuses an output that export would have to delete although it is no deployment.
+
+    Raises:
+        InputError: `output` is a file, a non-empty folder without a deployment manifest, or
+            holds `run_dir`.
+    """
+    if not (run_dir / RUN_FILE).is_file():
+        raise InputError(f"{run_dir}: no {RUN_FILE}; is this a folder written by `train`?")
+    if output.exists() and not output.is_dir():
+        raise InputError(f"{output} is a file: name a folder for the deployment")
+    if run_dir.resolve().is_relative_to(output.resolve()):
+        raise InputError(f"{output} holds the training run {run_dir}: name another folder for the deployment")
+    if output.is_dir() and any(output.iterdir()) and not (output / BUNDLE_DIR / MANIFEST_FILE).is_file():
+        raise InputError(f"{output} is a folder with other files in it (no deployment manifest): it is replaced "
+                         "on export, so name a new or empty folder, or a previous deployment")
 
 
 def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
@@ -85,9 +107,15 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         check: raise ParityError when a bound is missed.
 
     Raises:
+        InputError: `run_dir` is no complete training run, or `output` is a file or a folder
+            that holds something other than a deployment (it is never deleted then).
         ParityError: an exported graph misses its parity bound (with `check`).
     """
-    run_info = json.loads((run_dir / RUN_FILE).read_text())
+    check_export_paths(run_dir, output)
+    try:
+        run_info = json.loads((run_dir / RUN_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise InputError(f"{run_dir}: not a complete training run folder ({error})") from None
     config = _train_config(run_dir, run_info)
     torch.manual_seed(config.seed)
     image_encoder, image_identity = load_image_encoder(config.image_encoder)
@@ -161,8 +189,8 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
 def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], models: dict,
                    parity_rows: int) -> list[ParityResult]:
     """Compares each exported graph with its source model on real rows of the training data."""
-    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip")
-    fetcher = ImageFetcher(config.images_dir, cache_dir=run_dir / "image_cache")
+    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip", encoding=config.csv_encoding)
+    fetcher = ImageFetcher(config.images_dir, cache_dir=run_dir / "image_cache", policy=config.link_policy())
     features = extract_features(table, fetcher, run_dir / "features", config.feature_settings())
     results: list[ParityResult] = []
 

@@ -32,6 +32,7 @@ from client.images import (
     prepare_image,
     summarise,
 )
+from client.links import LinkPolicy
 from tests.conftest import SHARED_DATA, needs_shared_data
 
 IMAGES = SHARED_DATA / "images"
@@ -43,6 +44,8 @@ PLUS = "21NcLqW5c+L.jpg"  # '+' in the name, as in many image_link values
 # Truncated exactly as published (PIL: "image file is truncated").
 TRUNCATED = ["71iqlboSaoL.jpg", "815cYjiNUfL.jpg", "91cbBI1-8tL.jpg"]
 CDN = "https://m.media-amazon.com/images/I/"
+# Local files and this test's loopback server are refused by default (see test_hostile_input.py).
+TRUSTED = LinkPolicy.from_options(allow_local_files=True, allow_private_addresses=True)
 
 
 def amazon_link(name: str) -> str:
@@ -112,7 +115,7 @@ def hits() -> Counter[str]:
 
 
 def quick_fetcher(**options: object) -> ImageFetcher:
-    defaults: dict[str, object] = {"timeout_s": 3.0, "retries": 2, "backoff_s": 0.01}
+    defaults: dict[str, object] = {"timeout_s": 3.0, "retries": 2, "backoff_s": 0.01, "policy": TRUSTED}
     return ImageFetcher(**(defaults | options))  # type: ignore[arg-type]
 
 
@@ -142,7 +145,7 @@ def test_images_dir_resolves_url_encoded_plus() -> None:
 
 
 def test_file_url_and_plain_path() -> None:
-    fetcher = ImageFetcher()
+    fetcher = ImageFetcher(policy=TRUSTED)
     path = IMAGES / GOOD
     for link in (path.as_uri(), str(path)):
         fetched = fetcher.fetch(link)
@@ -166,19 +169,19 @@ def test_empty_link_is_no_link(link: str | None) -> None:
     ],
 )
 def test_unsupported_or_malformed_link_is_bad_link(link: str) -> None:
-    fetched = ImageFetcher().fetch(link)
+    fetched = ImageFetcher(policy=TRUSTED).fetch(link)
     assert fetched.status is ImageStatus.BAD_LINK
     assert fetched.data is None and fetched.sha256 is None
 
 
 def test_missing_local_file(tmp_path: Path) -> None:
-    fetched = ImageFetcher(IMAGES).fetch(str(tmp_path / "absent.jpg"))
+    fetched = ImageFetcher(IMAGES, policy=TRUSTED).fetch(str(tmp_path / "absent.jpg"))
     assert fetched.status is ImageStatus.MISSING
     assert "absent.jpg" in fetched.detail
 
 
 def test_local_file_over_byte_limit(tmp_path: Path) -> None:
-    fetched = ImageFetcher(max_bytes=1000).fetch(str(IMAGES / GOOD))
+    fetched = ImageFetcher(max_bytes=1000, policy=TRUSTED).fetch(str(IMAGES / GOOD))
     assert fetched.status is ImageStatus.TOO_LARGE
 
 
@@ -199,11 +202,11 @@ def test_real_truncated_jpeg_is_truncated(name: str) -> None:
 def test_text_file_named_jpg_is_not_image(tmp_path: Path) -> None:
     fake = tmp_path / "fake.jpg"
     fake.write_text("this is not a picture\n")
-    fetched = ImageFetcher().fetch(str(fake))
+    fetched = ImageFetcher(policy=TRUSTED).fetch(str(fake))
     assert fetched.status is ImageStatus.OK  # bytes were found...
     image, status, _ = decode_image(fetched.data or b"")
     assert image is None and status is ImageStatus.NOT_IMAGE  # ...but they are not an image
-    assert load_images(ImageFetcher(), [str(fake)])[0].status is ImageStatus.NOT_IMAGE
+    assert load_images(ImageFetcher(policy=TRUSTED), [str(fake)])[0].status is ImageStatus.NOT_IMAGE
 
 
 def _png_header(width: int, height: int) -> bytes:

@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from client.errors import InferenceError, InputError
+from client.links import LinkPolicy
 from client.predict import PredictConfig, predict
 from client.serve import LocalTritonServer
 from tests.conftest import PROJECT, SAMPLE, TRUNCATED_SAMPLE_IDS
@@ -98,7 +99,8 @@ def test_truncated_and_non_image_files_still_get_a_price_and_a_warning(tmp_path,
         "c,,ftp://example.invalid/x.jpg\n",
         encoding="utf-8",
     )
-    output, summary = run_predict(tmp_path, deployment, cache_dir, path, "bad_images")
+    output, summary = run_predict(tmp_path, deployment, cache_dir, path, "bad_images",
+                                  link_policy=LinkPolicy(allow_local_files=True))
     prices = read_prices(output)
     assert list(prices) == ["a", "b", "c"] and all(p > 0 for p in prices.values())
     with (tmp_path / "bad_images.details.csv").open(newline="") as handle:

@@ -8,7 +8,8 @@ import logging
 import sys
 from pathlib import Path
 
-from client.errors import InputError
+from client.commands.predict import add_link_options
+from client.errors import InputError, MissingDependencyError
 from client.ocr import OCR_ENGINES
 from training.finetune import FineTuning
 from training.fusion import FusionTraining
@@ -37,9 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--epochs", type=int, default=FusionTraining.max_epochs, help="fusion MLP epochs (max)")
     parser.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds, help="LightGBM rounds (max)")
     parser.add_argument("--limit-rows", type=int, help="use only the first N rows (smoke runs)")
+    parser.add_argument("--encoding", help="the CSV's text encoding, e.g. cp1252 or utf-16 "
+                        "(default: UTF-8, or UTF-16/32 when the file starts with their byte-order mark)")
     parser.add_argument("--skip-bad-prices", action="store_true",
                         help="skip rows whose price is missing, non-numeric or <= 0 (default: refuse the file)")
     parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_link_options(parser)
     return parser
 
 
@@ -62,12 +66,26 @@ def main(argv: list[str] | None = None) -> int:
         fine_tuning=FineTuning(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr, seed=args.seed),
         fusion=FusionTraining(max_epochs=args.epochs, seed=args.seed),
         gbm=GbmSettings(max_rounds=args.gbm_rounds, seed=args.seed),
+        csv_encoding=args.encoding,
+        allow_local_files=args.allow_local_files,
+        allow_private_addresses=args.allow_private_addresses,
+        allowed_networks=tuple(args.allow_network),
     )
+    if args.images is not None and not args.images.is_dir():
+        print(f"train: error: --images {args.images} is not a folder", file=sys.stderr)
+        return 2
     try:
         report = train(config)
-    except InputError as exc:
+    except (InputError, MissingDependencyError) as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # e.g. an output folder that cannot be written
+        print(f"train: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ntrain: interrupted; finished image features and OCR are cached in {args.output}/features "
+              "and are reused when the same command runs again", file=sys.stderr)
+        return 130
     summary = {k: round(v, 2) for k, v in report["validation_smape"].items()}
     print(json.dumps({"validation_smape": summary, "rows": report["rows"],
                       "seconds": round(report["timings"]["total_s"], 1)}, indent=2))

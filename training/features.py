@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from client.catalog import numeric_feature_matrix
+from client.files import atomic_write
 from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
 from client.ocr import OcrCache, run_ocr
 from client.table import CatalogTable
@@ -100,12 +100,10 @@ def _chunk_key(settings_and_models: str, table: CatalogTable, rows: range, image
 
 def _write_chunk(directory: Path, key: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, directory / f"{key}.npz")
-    tmp_meta = directory / f".{key}.{os.getpid()}.tmp.json"
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, directory / f"{key}.json")  # written last: marks the chunk complete
+    with atomic_write(directory / f"{key}.npz", "wb") as handle:
+        np.savez(handle, **arrays)
+    with atomic_write(directory / f"{key}.json", encoding="utf-8") as handle:  # written last: marks the chunk complete
+        handle.write(json.dumps(meta))
 
 
 def _read_chunk(directory: Path, key: str) -> tuple[dict[str, np.ndarray], dict] | None:

@@ -44,6 +44,7 @@ from sklearn.model_selection import GroupShuffleSplit
 from client.blend import COMPONENTS, SEED_WEIGHTS, blend, fit_blend_weights, smape, to_price
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, summarise
+from client.links import LinkPolicy
 from client.retrieval import DEFAULT_K, NeighbourIndex
 from client.table import BadPricePolicy, CatalogTable, read_catalog_csv
 from training.encoders import (
@@ -91,6 +92,14 @@ class TrainConfig:
     gbm: GbmSettings = field(default_factory=GbmSettings)
     lexical: LexicalSettings = field(default_factory=LexicalSettings)
     retrieval_k: int = DEFAULT_K
+    csv_encoding: str | None = None
+    allow_local_files: bool = False
+    allow_private_addresses: bool = False
+    allowed_networks: tuple[str, ...] = ()
+
+    def link_policy(self) -> LinkPolicy:
+        """Which image links the run may follow (see client.links)."""
+        return LinkPolicy.from_options(self.allow_local_files, self.allow_private_addresses, self.allowed_networks)
 
     def feature_settings(self) -> FeatureSettings:
         return FeatureSettings(image_encoder=self.image_encoder, ocr_engine=self.ocr_engine)
@@ -157,7 +166,7 @@ def train(config: TrainConfig) -> dict:
     out = config.output
     out.mkdir(parents=True, exist_ok=True)
 
-    table = read_catalog_csv(config.csv, with_prices=True, bad_prices=config.bad_prices)
+    table = read_catalog_csv(config.csv, with_prices=True, bad_prices=config.bad_prices, encoding=config.csv_encoding)
     if config.limit_rows:
         table = table.subset(range(min(config.limit_rows, len(table))))
     if table.skipped:
@@ -165,7 +174,7 @@ def train(config: TrainConfig) -> dict:
     log_prices = np.log1p(table.prices)
 
     stage = time.perf_counter()
-    fetcher = ImageFetcher(config.images_dir, cache_dir=out / "image_cache")
+    fetcher = ImageFetcher(config.images_dir, cache_dir=out / "image_cache", policy=config.link_policy())
     features = extract_features(table, fetcher, out / "features", config.feature_settings())
     timings["features_s"] = time.perf_counter() - stage
 
