@@ -359,9 +359,12 @@ class OcrCache:
         return self._texts.get((engine, sha256))
 
     def put(self, engine: str, sha256: str, text: str) -> None:
-        """Record an image's text (in memory and on disk)."""
-        self.file.append([{"engine": engine, "sha256": sha256, "text": text}])
+        """Record an image's text (in memory, and on disk while the disk takes it)."""
         self._texts[(engine, sha256)] = text
+        try:
+            self.file.append([{"engine": engine, "sha256": sha256, "text": text}])
+        except OSError as error:  # a full or read-only cache costs the next run some OCR, not this run
+            _log.warning("OCR cache %s: cannot write (%s); results are kept for this run only", self.path, error)
 
 
 def run_ocr(

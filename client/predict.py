@@ -320,17 +320,25 @@ def check_output_paths(config: PredictConfig) -> None:
     there (the check's probe file is removed at once).
 
     Raises:
-        InputError: an output is the input CSV, inside the deployment, a folder, the same
-            file as another output, or in a folder that cannot be written; the message names
-            the option.
+        InputError: an output is the input CSV, inside the deployment, a folder or device,
+            the same file as another output, or in a folder that cannot be written, or the
+            cache folder is inside the deployment; the message names the option.
     """
+    deployment = config.deployment.resolve()
+    if config.cache_dir.exists() and not config.cache_dir.is_dir():
+        raise InputError(f"--cache-dir {config.cache_dir} is not a folder")
+    if config.cache_dir.resolve().is_relative_to(deployment):
+        raise InputError(f"--cache-dir {config.cache_dir} is inside the deployment {config.deployment}: "
+                         "its files would no longer match the manifest; name a folder elsewhere")
     seen: dict[str, Path] = {}
     for option, path in config.outputs().items():
         if path.is_dir():
             raise InputError(f"{option} {path} is a folder: name a file in it")
+        if path.exists() and not path.is_file():  # a device such as /dev/null would be replaced by a file
+            raise InputError(f"{option} {path} is not a regular file: name a file")
         if _same_file(path, config.input_csv):
             raise InputError(f"{option} {path} is the input CSV: it would be overwritten; name another file")
-        if path.resolve().is_relative_to(config.deployment.resolve()):
+        if path.resolve().is_relative_to(deployment):
             raise InputError(f"{option} {path} is inside the deployment {config.deployment}: name a file elsewhere")
         for other_option, other in seen.items():
             if _same_file(path, other):

@@ -152,6 +152,12 @@ def test_output_folder_unwritable_or_a_folder_is_refused_before_any_work(user_fo
     assert "cannot write in" in capsys.readouterr().err
     assert predict_cli(user_folder / "input.csv", "-d", deployment, "-o", deployment / "bundle" / "x.csv") == 2
     assert "inside the deployment" in capsys.readouterr().err
+    assert predict_cli(user_folder / "input.csv", "-d", deployment, "-o", user_folder / "o.csv",
+                       "--cache-dir", deployment) == 2
+    assert "--cache-dir" in capsys.readouterr().err
+    assert predict_cli(user_folder / "input.csv", "-d", deployment, "-o", "/dev/null") == 2
+    assert "not a regular file" in capsys.readouterr().err
+    assert Path("/dev/null").is_char_device()
     assert files_in(user_folder) == before
 
 

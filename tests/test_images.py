@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from client import images as images_module
+from client import files as files_module
 from client.images import (
     IMAGE_SIZE,
     FetchedImage,
@@ -306,7 +306,7 @@ def test_ocr_view_bounds_the_long_side() -> None:
 def test_load_images_on_real_rows(tmp_path: Path) -> None:
     missing = str(tmp_path / "absent.jpg")
     links = [amazon_link(GOOD), None, amazon_link(TRUNCATED[0]), missing, amazon_link(GOOD), "ftp://x/y.jpg"]
-    results = load_images(ImageFetcher(IMAGES), links, ocr_max_side=128)
+    results = load_images(ImageFetcher(IMAGES, policy=TRUSTED), links, ocr_max_side=128)
     assert [r.status for r in results] == [
         ImageStatus.OK,
         ImageStatus.NO_LINK,
@@ -363,7 +363,7 @@ def test_failed_cache_write_leaves_no_partial_file(
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(images_module.os, "replace", crash)
+    monkeypatch.setattr(files_module.os, "replace", crash)
     fetcher = quick_fetcher(cache_dir=tmp_path)
     fetched = fetcher.fetch(f"{server}/img.jpg")
     assert fetched.status is ImageStatus.OK  # the image itself is not lost

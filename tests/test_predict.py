@@ -99,11 +99,11 @@ def test_truncated_and_non_image_files_still_get_a_price_and_a_warning(tmp_path,
         "c,,ftp://example.invalid/x.jpg\n",
         encoding="utf-8",
     )
-    output, summary = run_predict(tmp_path, deployment, cache_dir, path, "bad_images",
+    output, summary = run_predict(tmp_path, deployment, cache_dir, path, "bad_images_out",
                                   link_policy=LinkPolicy(allow_local_files=True))
     prices = read_prices(output)
     assert list(prices) == ["a", "b", "c"] and all(p > 0 for p in prices.values())
-    with (tmp_path / "bad_images.details.csv").open(newline="") as handle:
+    with (tmp_path / "bad_images_out.details.csv").open(newline="") as handle:
         details = {r["sample_id"]: r for r in csv.DictReader(handle)}
     assert details["a"]["image_status"] == "truncated" and "truncated" in details["a"]["warnings"]
     assert details["b"]["image_status"] == "not_image" and "predicted from text" in details["b"]["warnings"]
