@@ -39,7 +39,8 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 
 def sentence_transformer(tiny_bert: Path, target: Path, pooling, dense: int = 0, normalize: bool = False) -> Path:
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     torch.manual_seed(1)
     modules = [models.Transformer(str(tiny_bert)), models.Pooling(HIDDEN, pooling_mode=pooling)]
@@ -132,7 +133,8 @@ def test_unsupported_pooling_is_refused_naming_the_supported_modes(tiny_bert, tm
 
 
 def test_unsupported_module_is_refused_by_name(tiny_bert, tmp_path):
-    from sentence_transformers import SentenceTransformer, models
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as models
 
     modules = [models.Transformer(str(tiny_bert)), models.Pooling(HIDDEN), models.LayerNorm(HIDDEN)]
     SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "model"))
