@@ -87,9 +87,18 @@ class LoadedRun:
 
 
 def load_run(run_dir: Path) -> LoadedRun:
-    """Reads a finished training run: its settings and every model export turns into a graph."""
+    """Reads a finished training run: its settings and every model export turns into a graph.
+
+    Raises:
+        ValueError: the run was trained before its text encoder folder recorded its pooling.
+    """
     run = RunDir(run_dir)
     config = run.config()
+    base_text_encoder = run.model_identities()["base_text_encoder"]
+    if "pooling" not in base_text_encoder:
+        # its text_encoder/ has no modules.json, yet was trained with mean pooling + normalisation
+        raise ValueError(f"{run.root} was trained before text encoder folders recorded their pooling: "
+                         "train it again to export it")
     torch.manual_seed(config.seed)
     image_encoder, image_identity = load_image_encoder(config.image_encoder)
     text_encoder, text_identity = load_regressor(run.text_encoder)
@@ -101,7 +110,7 @@ def load_run(run_dir: Path) -> LoadedRun:
         LIGHTGBM: load_gbm(run.lightgbm),
     }
     identities = {"image_encoder": image_identity, "text_encoder": text_identity,
-                  "base_text_encoder": run.model_identities()["base_text_encoder"]}
+                  "base_text_encoder": base_text_encoder}
     dims = ModelDims(image_dim=image_identity["embedding_dim"], text_dim=text_identity["embedding_dim"],
                      numeric_dim=len(NUMERIC_FEATURE_NAMES))
     return LoadedRun(run, config, models, identities, dims)

@@ -163,3 +163,16 @@ def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
     path = LightGbmExporter(dims).export(booster, tmp_path / "lightgbm.onnx")
     exported = load_session(str(path)).run(None, {"gbm_features": rows})[0][:, 0]
     np.testing.assert_allclose(exported, booster.predict(rows), atol=1e-5)
+
+
+def test_a_run_trained_before_text_encoders_recorded_their_pooling_is_refused(sample_run, tmp_path):
+    """Such a run's text_encoder/ has no modules.json but was trained mean-pooled and normalised:
+    exporting it as a plain transformers folder would serve other embeddings than it trained on."""
+    from export.pipeline import load_run
+
+    run_info = json.loads((sample_run / "run.json").read_text())
+    assert run_info["models"]["base_text_encoder"]["pooling"] == ["mean"]
+    del run_info["models"]["base_text_encoder"]["pooling"]
+    (tmp_path / "run.json").write_text(json.dumps(run_info))
+    with pytest.raises(ValueError, match="train it again"):
+        load_run(tmp_path)
