@@ -16,7 +16,6 @@ all non-validation rows of the same split (fit and blend rows) and scored on its
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -30,7 +29,9 @@ from sklearn.linear_model import Ridge
 
 from client.blend import smape, to_price
 from client.table import CatalogTable, read_catalog_csv
-from training.pipeline import REPORT_FILE, SPLIT_FILE, TrainConfig, train
+from training.config import TrainConfig
+from training.pipeline import train
+from training.run_dir import RunDir
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 
@@ -46,19 +47,19 @@ def tfidf_ridge(train_texts: list[str], train_prices: np.ndarray, test_texts: li
 
 
 def run_seed(args, seed: int, first_run: Path | None) -> Path:
-    run = args.output / f"seed-{seed}"
-    if (run / REPORT_FILE).is_file() and not args.retrain:
-        return run
-    if first_run is not None and not (run / "features").exists():
-        shutil.copytree(first_run / "features", run / "features")
-    train(TrainConfig(csv=args.csv, output=run, images_dir=args.images, seed=seed))
-    return run
+    run = RunDir(args.output / f"seed-{seed}")
+    if run.report.is_file() and not args.retrain:
+        return run.root
+    if first_run is not None and not run.features.exists():
+        shutil.copytree(RunDir(first_run).features, run.features)
+    train(TrainConfig(csv=args.csv, output=run.root, images_dir=args.images, seed=seed))
+    return run.root
 
 
 def score_run(run: Path, table: CatalogTable) -> dict[str, float]:
     """The run's validation SMAPE per estimate, TF-IDF + Ridge's on the same rows, wall time."""
-    report = json.loads((run / REPORT_FILE).read_text())
-    split = json.loads((run / SPLIT_FILE).read_text())
+    run_dir = RunDir(run)
+    report, split = run_dir.read_json(run_dir.report), run_dir.read_json(run_dir.split)
     row_of = {sample_id: i for i, sample_id in enumerate(table.sample_ids)}
     train_rows = [row_of[s] for s in split["fit"] + split["blend"]]
     val_rows = [row_of[s] for s in split["validation"]]
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     table = read_catalog_csv(args.csv, with_prices=True, bad_prices="skip")
     scores = [score_run(run, table) for run in runs]
 
-    report = json.loads((runs[0] / REPORT_FILE).read_text())
+    first = RunDir(runs[0])
+    report = first.read_json(first.report)
     rows = report["rows"]
     print(f"rows: {rows['total']}; split grouped by image_link: {rows['fit']} fit, {rows['blend']} blend, "
           f"{rows['validation']} validation (run {runs[0]})")

@@ -12,32 +12,26 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from client.blend import blend, to_price
+from client.blend import RETRIEVAL, blend, component_matrix, to_price
 from client.bundle import Deployment
-from client.catalog import numeric_features
-from client.images import OCR_MAX_SIDE, ImageFetcher, prepare_fetched
-from client.ocr import OcrCache, run_ocr
+from client.images import ImageFetcher
+from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER
+from client.ocr import OcrCache
 from client.predict import PredictConfig, predict
+from client.rows import prepare_rows
 from client.serve import LocalTritonServer
 from client.table import CatalogTable, read_catalog_csv
-from client.text import compose_text, length_batches
+from client.text import length_batches
 from export.parity import load_session
-from training.encoders import load_image_encoder
-from training.finetune import load_regressor
-from training.fusion import load_fusion
-from training.gbm import load_gbm
-from training.lexical import load_lexical
-from training.pipeline import RUN_FILE, TEXT_ENCODER_DIR
+from export.pipeline import load_run
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 
@@ -62,18 +56,17 @@ def select_rows(args, workdir: Path) -> tuple[Path, Path | None]:
 def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fetcher: ImageFetcher,
                  ocr_cache: OcrCache) -> float:
     """The seed's prediction loop: one row at a time through eager PyTorch, LightGBM and FAISS."""
-    config = json.loads((run_dir / RUN_FILE).read_text())["config"]
-    image_encoder, _ = load_image_encoder(config["image_encoder"])
-    text_model, _ = load_regressor(run_dir / TEXT_ENCODER_DIR)
-    fusion, booster, lexical = load_fusion(run_dir), load_gbm(run_dir), load_lexical(run_dir)
+    models = load_run(run_dir).models
+    image_encoder, text_model, fusion, booster, lexical = (
+        models[name] for name in (IMAGE_ENCODER, TEXT_ENCODER, FUSION, LIGHTGBM, LEXICAL))
     tokenizer, index = deployment.tokenizer(), deployment.neighbour_index()
     settings = deployment.settings
     started = time.perf_counter()
     for row in range(len(table)):
-        image = prepare_fetched(fetcher.fetch(table.image_links[row]), ocr_max_side=OCR_MAX_SIDE)
-        ocr = (ocr_cache.get(settings.ocr_engine, image.sha256) or "") if image.has_image else ""
-        ids = tokenizer.encode([compose_text(table.texts[row], ocr)])
-        input_ids, attention_mask = (torch.from_numpy(a) for a in tokenizer.pad(ids))
+        prepared = prepare_rows(table, [row], fetcher, ocr_engine=settings.ocr_engine, ocr_cache=ocr_cache,
+                                image_size=settings.image_size, tokenizer=tokenizer)
+        (image,) = prepared.images
+        input_ids, attention_mask = (torch.from_numpy(a) for a in tokenizer.pad(prepared.token_ids))
         if image.has_image:
             image_embedding = image_encoder(torch.from_numpy(image.pixels[None]))
         else:
@@ -81,26 +74,27 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
         text_embedding, text_log_price = text_model(input_ids, attention_mask)
         log_price, vector, features = fusion(
             image_embedding, text_embedding,
-            torch.tensor([[float(image.has_image)]]), torch.from_numpy(numeric_features(table.texts[row])[None]),
+            torch.from_numpy(prepared.has_image[:, None]), torch.from_numpy(prepared.numeric_features),
         )
         gbm = booster.predict(features.numpy())
         retrieval = index.estimate(vector.numpy(), k=settings.retrieval_k)
-        components = [float(log_price), float(gbm[0]), float(retrieval[0]), float(text_log_price),
-                      float(lexical(input_ids, attention_mask))]
-        to_price(blend(np.array([components]), deployment.blend_weights))
+        components = component_matrix({"mlp": log_price.numpy(), "lightgbm": gbm, RETRIEVAL: retrieval,
+                                       "text_head": text_log_price.numpy(),
+                                       "lexical": lexical(input_ids, attention_mask).numpy()})
+        to_price(blend(components, deployment.blend_weights))
     return len(table) / (time.perf_counter() - started)
 
 
-def text_encoder_session(deployment: Deployment, table: CatalogTable, ocr_texts: list[str], batch_size: int = 32) -> float:
+def text_encoder_session(deployment: Deployment, texts: list[str], batch_size: int = 32) -> float:
     """The text encoder's own ONNX Runtime session over the same texts, length-sorted batches."""
     session = load_session(str(deployment.model_path("text_encoder")))
     tokenizer = deployment.tokenizer()
     started = time.perf_counter()
-    ids = tokenizer.encode([compose_text(t, o) for t, o in zip(table.texts, ocr_texts)])
+    ids = tokenizer.encode(texts)
     for batch in length_batches([len(i) for i in ids], batch_size):
         input_ids, attention_mask = tokenizer.pad([ids[i] for i in batch])
         session.run(None, {"input_ids": input_ids, "attention_mask": attention_mask})
-    return len(table) / (time.perf_counter() - started)
+    return len(texts) / (time.perf_counter() - started)
 
 
 def client_predict(csv_path: Path, deployment_dir: Path, images: Path | None, cache: Path, urls: list[str]) -> float:
@@ -128,26 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         cache = workdir / "cache"
         fetcher = ImageFetcher(images, cache_dir=cache / "images")
         ocr_cache = OcrCache(cache / "ocr_cache.jsonl")
-        prepared = [prepare_fetched(f, ocr_max_side=OCR_MAX_SIDE) for f in fetcher.fetch_many(table.image_links)]
         started = time.perf_counter()
-        with_pixels = [(p.sha256, p.ocr_pixels) for p in prepared if p.has_image]
-        texts = run_ocr(deployment.settings.ocr_engine, with_pixels, ocr_cache)
-        ocr_seconds = time.perf_counter() - started
-        ocr_texts = [texts.get(p.sha256, "") if p.has_image else "" for p in prepared]
+        prepared = prepare_rows(table, range(len(table)), fetcher, ocr_engine=deployment.settings.ocr_engine,
+                                ocr_cache=ocr_cache, image_size=deployment.settings.image_size)
+        prepare_seconds = time.perf_counter() - started
+        photos = int(prepared.has_image.sum())
 
         rates: dict[str, list[float]] = {k: [] for k in ("per-row eager PyTorch loop", "text encoder ORT session",
                                                           "client predict, in-process", "client predict, Triton gRPC")}
         with LocalTritonServer(deployment.repository, ort_threads=args.server_threads) as server:
             for _ in range(args.repeats):
                 rates["per-row eager PyTorch loop"].append(per_row_loop(args.run, deployment, table, fetcher, ocr_cache))
-                rates["text encoder ORT session"].append(text_encoder_session(deployment, table, ocr_texts))
+                rates["text encoder ORT session"].append(text_encoder_session(deployment, prepared.texts))
                 rates["client predict, in-process"].append(client_predict(csv_path, args.deployment, images, cache, []))
                 rates["client predict, Triton gRPC"].append(
                     client_predict(csv_path, args.deployment, images, cache, [server.url]))
     median = {k: statistics.median(v) for k, v in rates.items()}
     print(f"{len(table)} rows ({'train rows with photos' if args.images else 'test.csv, text-only'}), "
-          f"median of {args.repeats} runs; rows with a photo: {len(with_pixels)}"
-          + (f", OCR {ocr_seconds / max(1, len(with_pixels)):.2f} s/photo before timing" if with_pixels else ""))
+          f"median of {args.repeats} runs; rows with a photo: {photos}"
+          + (f", image loading and OCR {prepare_seconds / photos:.2f} s/photo before timing" if photos else ""))
     for name, rate in median.items():
         print(f"{name:<30}{rate:>9.1f} rows/s   (runs: {', '.join(f'{r:.1f}' for r in rates[name])})")
     client = median["client predict, in-process"]

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Mapping
 
 import numpy as np
 
 COMPONENTS = ("mlp", "lightgbm", "retrieval", "text_head", "lexical")
+RETRIEVAL = "retrieval"  # the one component computed by the client (FAISS search), not by the ensemble
+# the ensemble output each other component's log price is read from
+COMPONENT_OUTPUTS = {"mlp": "mlp_log_price", "lightgbm": "gbm_log_price", "text_head": "text_log_price",
+                     "lexical": "lexical_log_price"}
 # the seed design's fixed blend: MLP, LightGBM and retrieval only
 SEED_WEIGHTS = (0.5, 0.3, 0.2, 0.0, 0.0)
 MIN_PRICE = 0.01
@@ -24,6 +29,23 @@ def to_price(log_price: np.ndarray) -> np.ndarray:
     """expm1 of a log1p price, floored at MIN_PRICE so every price is positive and finite."""
     log_price = np.nan_to_num(np.asarray(log_price, dtype=np.float64), nan=0.0, posinf=20.0, neginf=0.0)
     return np.maximum(np.expm1(np.clip(log_price, None, 20.0)), MIN_PRICE)
+
+
+def component_matrix(log_prices: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The components' estimates as columns in COMPONENTS order, the layout `blend` takes.
+
+    Args:
+        log_prices: float [n] (or [n, 1]) log-price estimates by component name.
+
+    Returns:
+        float64 [n, len(COMPONENTS)].
+
+    Raises:
+        ValueError: a component is missing or unknown.
+    """
+    if set(log_prices) != set(COMPONENTS):
+        raise ValueError(f"blend components must be exactly {', '.join(COMPONENTS)}; got {', '.join(log_prices)}")
+    return np.column_stack([np.asarray(log_prices[name], dtype=np.float64).reshape(-1) for name in COMPONENTS])
 
 
 def blend(log_prices: np.ndarray, weights: tuple[float, ...] | np.ndarray) -> np.ndarray:

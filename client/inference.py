@@ -29,6 +29,17 @@ class InferenceBackend(ABC):
     @abstractmethod
     async def infer(self, ensemble: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    async def verify(self, deployment: Deployment) -> None:  # noqa: B027 - optional hook
+        """Checks, before any work, that this backend runs the deployment's models.
+
+        Raises:
+            BundleError: it runs other model files than the deployment's.
+        """
+
+    def requests_per_server(self) -> dict[str, int]:
+        """Requests answered by each server, by address; empty when no server is involved."""
+        return {}
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections and threads."""
 
@@ -111,10 +122,13 @@ class TritonBackend(InferenceBackend):
         self.backoff_s = backoff_s
         self.timeout_s = timeout_s
         self._next = itertools.cycle(range(len(self.clients)))
-        self.requests_per_server = [0] * len(self.clients)
+        self._requests = [0] * len(self.clients)
 
     def describe(self) -> str:
         return f"Triton gRPC at {', '.join(self.urls)}"
+
+    def requests_per_server(self) -> dict[str, int]:
+        return dict(zip(self.urls, self._requests))
 
     async def verify(self, deployment: Deployment) -> None:
         """Checks every server serves the deployment's models (by the SHA-256 in their config).
@@ -152,7 +166,7 @@ class TritonBackend(InferenceBackend):
             return await client.infer(ensemble, request_inputs, outputs=outputs, client_timeout=self.timeout_s)
 
         result, server = await self._with_retries(send)
-        self.requests_per_server[server] += 1
+        self._requests[server] += 1
         return {name: result.as_numpy(name) for name in ENSEMBLE_OUTPUTS}
 
     async def _with_retries(self, call, server: int | None = None):
@@ -204,5 +218,7 @@ def _channel_args() -> list[tuple[str, int]]:
 
 
 def _is_unavailable(error) -> bool:
-    status = str(error.status() or "")
-    return "UNAVAILABLE" in status or "failed to connect" in (error.message() or "").lower()
+    """Whether a tritonclient error is gRPC's UNAVAILABLE (tritonclient keeps the code as its str)."""
+    import grpc
+
+    return error.status() == str(grpc.StatusCode.UNAVAILABLE)

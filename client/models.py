@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from client.blend import COMPONENT_OUTPUTS
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import IMAGE_SIZE
 
@@ -23,8 +24,8 @@ LEXICAL = "lexical"
 ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
-# one log price per model-computed blend component (COMPONENTS order) and the retrieval vector
-ENSEMBLE_OUTPUTS = ("mlp_log_price", "gbm_log_price", "text_log_price", "lexical_log_price", "retrieval_vector")
+# one log price per model-computed blend component and the retrieval vector (retrieval's query)
+ENSEMBLE_OUTPUTS = (*COMPONENT_OUTPUTS.values(), "retrieval_vector")
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ class ModelDims:
         return self.image_dim + self.text_dim + 1 + self.numeric_dim
 
 
-def _identity(*names: str) -> dict[str, str]:
+def _same_names(*names: str) -> dict[str, str]:
     return {name: name for name in names}
 
 
@@ -83,16 +84,17 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     gbm_features = TensorSpec("gbm_features", "float32", (dims.gbm_dim,))
     gbm_log_price = TensorSpec("gbm_log_price", "float32", (1,))
 
-    tokens = _identity("input_ids", "attention_mask")
-    text_step = (TEXT_ENCODER, tokens, _identity("text_embedding", "text_log_price"))
-    lexical_step = (LEXICAL, tokens, _identity("lexical_log_price"))
+    tokens = _same_names("input_ids", "attention_mask")
+    text_step = (TEXT_ENCODER, tokens, _same_names("text_embedding", "text_log_price"))
+    lexical_step = (LEXICAL, tokens, _same_names("lexical_log_price"))
     fusion_step = (
         FUSION,
-        _identity("image_embedding", "text_embedding", "has_image", "numeric_features"),
-        _identity("mlp_log_price", "retrieval_vector", "gbm_features"),
+        _same_names("image_embedding", "text_embedding", "has_image", "numeric_features"),
+        _same_names("mlp_log_price", "retrieval_vector", "gbm_features"),
     )
-    gbm_step = (LIGHTGBM, _identity("gbm_features"), _identity("gbm_log_price"))
-    outputs = (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)
+    gbm_step = (LIGHTGBM, _same_names("gbm_features"), _same_names("gbm_log_price"))
+    by_name = {t.name: t for t in (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)}
+    outputs = tuple(by_name[name] for name in ENSEMBLE_OUTPUTS)
     models = [
         ModelSpec(IMAGE_ENCODER, (image,), (image_embedding,)),
         ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding, text_log_price)),
@@ -104,7 +106,7 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
             ENSEMBLE,
             (image, has_image, input_ids, attention_mask, numeric),
             outputs,
-            steps=((IMAGE_ENCODER, _identity("image"), _identity("image_embedding")),
+            steps=((IMAGE_ENCODER, _same_names("image"), _same_names("image_embedding")),
                    text_step, lexical_step, fusion_step, gbm_step),
         ),
         # Rows without an image skip the image encoder: the client sends zero embeddings.

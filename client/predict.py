@@ -30,18 +30,18 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from client.blend import COMPONENTS, blend, to_price
+from client.blend import COMPONENT_OUTPUTS, COMPONENTS, RETRIEVAL, blend, component_matrix, to_price
 from client.bundle import Deployment
-from client.catalog import numeric_feature_matrix
 from client.errors import InputError, PredictionInterrupted
 from client.files import JsonLines, atomic_write
-from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, load_images
+from client.images import ImageFetcher, ImageStatus
 from client.inference import InferenceBackend, InProcessBackend, TritonBackend
 from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
-from client.ocr import OcrCache, run_ocr
+from client.ocr import OcrCache
+from client.rows import prepare_rows
 from client.table import CatalogTable, read_catalog_csv
-from client.text import MAX_TEXT_CHARS, compose_text, length_batches
+from client.text import MAX_TEXT_CHARS, length_batches
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +185,19 @@ class Predictor:
             CancelledError: `stop` was set while the wave was being prepared.
         """
         started = time.perf_counter()
-        ocr = self.settings.ocr_engine != "none"
-        images = load_images(self.fetcher, [table.image_links[r] for r in rows], size=self.settings.image_size,
-                             ocr_max_side=OCR_MAX_SIDE if ocr else None, stop=self.stop)
-        texts_read = run_ocr(self.settings.ocr_engine,
-                             [(i.sha256, i.ocr_pixels) for i in images if i.has_image and i.ocr_pixels is not None],
-                             self.ocr_cache, workers=self.ocr_workers, stop=self.stop)
+        prepared = prepare_rows(table, rows, self.fetcher, ocr_engine=self.settings.ocr_engine,
+                                ocr_cache=self.ocr_cache, image_size=self.settings.image_size,
+                                ocr_workers=self.ocr_workers, tokenizer=self.tokenizer, stop=self.stop)
         if self.stop.is_set():
             raise CancelledError
-        ocr_texts = [texts_read.get(i.sha256, "") if i.has_image else "" for i in images]
-        catalog = [table.texts[r] for r in rows]
         return Wave(
             rows=rows,
-            pixels=[i.pixels for i in images],
-            image_status=[ImageStatus(i.status).value for i in images],
-            token_ids=self.tokenizer.encode([compose_text(t, o) for t, o in zip(catalog, ocr_texts)]),
-            numeric=numeric_feature_matrix(catalog),
-            ocr_chars=[len(o) for o in ocr_texts],
-            warnings=[_row_warnings(t, ImageStatus(i.status), i.detail) for t, i in zip(catalog, images)],
+            pixels=[i.pixels for i in prepared.images],
+            image_status=prepared.image_status,
+            token_ids=prepared.token_ids,
+            numeric=prepared.numeric_features,
+            ocr_chars=[len(o) for o in prepared.ocr_texts],
+            warnings=[_row_warnings(table.texts[r], i.status, i.detail) for r, i in zip(rows, prepared.images)],
             seconds=time.perf_counter() - started,
         )
 
@@ -232,8 +227,8 @@ class Predictor:
     def finish(self, table: CatalogTable, wave: Wave, positions: np.ndarray, outputs: dict[str, np.ndarray]) -> list[dict]:
         """Retrieval, blend and the journal records of one returned batch."""
         retrieval = self.index.estimate(outputs["retrieval_vector"], k=self.settings.retrieval_k)
-        components = np.column_stack([outputs["mlp_log_price"][:, 0], outputs["gbm_log_price"][:, 0], retrieval,
-                                      outputs["text_log_price"][:, 0], outputs["lexical_log_price"][:, 0]])
+        components = component_matrix({RETRIEVAL: retrieval,
+                                        **{name: outputs[output] for name, output in COMPONENT_OUTPUTS.items()}})
         prices = to_price(blend(components, self.weights))
         component_prices = to_price(components)
         records = []
@@ -382,8 +377,7 @@ async def predict_async(config: PredictConfig) -> dict:
     deployment = Deployment.load(config.deployment)
     backend = make_backend(deployment, config.urls, config.retries)
     try:
-        if isinstance(backend, TritonBackend):
-            await backend.verify(deployment)
+        await backend.verify(deployment)
         predictor = Predictor(
             deployment, backend,
             ImageFetcher(config.images_dir, cache_dir=config.cache_dir / "images", policy=config.link_policy),
@@ -420,8 +414,8 @@ async def predict_async(config: PredictConfig) -> dict:
         "seconds": {"total": elapsed, "prepare": stats["prepare_s"], "request_latency_sum": stats["request_s"]},
         "rows_per_second": len(todo) / elapsed if elapsed else 0.0,
     }
-    if isinstance(backend, TritonBackend):
-        summary["requests_per_server"] = dict(zip(backend.urls, backend.requests_per_server))
+    if backend.requests_per_server():
+        summary["requests_per_server"] = backend.requests_per_server()
     if config.summary_json:
         with atomic_write(config.summary_json, encoding="utf-8") as handle:
             handle.write(json.dumps(summary, indent=2))

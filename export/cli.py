@@ -1,4 +1,12 @@
-"""`export-bundle`: export a training run to ONNX, check parity, write the deployment folder."""
+"""`export-bundle`: export a training run to ONNX, check parity, write the deployment folder.
+
+Exports the image encoder, the fine-tuned text encoder with its price head, the lexical model,
+the fusion MLP and LightGBM to ONNX; checks each graph, reloaded from disk, against its source
+model on real rows of the training data at several batch sizes; writes the Triton model
+repository, the client bundle (tokenizer, retrieval index, blend weights, settings, manifest with
+checksums) and MODEL_CARD.md. Fails, naming the model, output and worst row, when a graph misses
+its parity bound.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +18,25 @@ from pathlib import Path
 from client.errors import BundleError, InputError, MissingDependencyError
 from export.parity import ParityError
 from export.pipeline import PARITY_ROWS, export_run
+from training.cli import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="export-bundle", description=__doc__.split(":", 1)[1].strip())
-    parser.add_argument("run", type=Path, help="training output folder (written by `train`)")
+    parser = argparse.ArgumentParser(prog="export-bundle", description=__doc__.split(":", 1)[1].strip(),
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("run", type=Path, help="training run folder (written by `train`)")
     parser.add_argument("-o", "--output", type=Path, default=Path("deployment"),
-                        help="deployment folder to write: model_repository/, bundle/, MODEL_CARD.md (default: deployment)")
+                        help="deployment folder to write, replaced if it exists: model_repository/, bundle/, "
+                             "MODEL_CARD.md")
     parser.add_argument("--tensorrt-fp16", action="store_true",
                         help="enable TensorRT FP16 in the GPU configs (check its parity on the GPU it runs on)")
-    parser.add_argument("--parity-rows", type=int, default=PARITY_ROWS, help="real rows for the encoders' parity checks")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("--parity-rows", type=int, default=PARITY_ROWS,
+                        help="real rows for the encoders' and lexical model's parity checks (fusion and "
+                             "LightGBM: every row)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log each parity figure as it is measured (default: printed at the end)")
     return parser
+
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.bundle import ServingSettings
-from training.pipeline import TrainConfig
+from training.config import TrainConfig
 
 CARD_FILE = "MODEL_CARD.md"
 
@@ -20,6 +20,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
     )
     weights = ", ".join(f"{name} {w:.2f}" for name, w in report["blend_weights"]["fitted"].items())
     image_model = details["source_models"]["image_encoder"]["name"]
+    pooling = " + ".join(details["source_models"]["text_encoder"]["pooling"])
     text = f"""# Model card
 
 ## Training data
@@ -35,7 +36,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
 - Image encoder: `{image_model}` ({settings.image_dim}-d, 3-view TTA inside the graph, input
   uint8 {settings.image_size}x{settings.image_size} RGB)
 - Text encoder: `{details['source_models']['base_text_encoder']['name']}` fine-tuned on log1p(price) with a linear price head
-  ({settings.text_dim}-d, mean pooling, at most {settings.max_tokens} tokens)
+  ({settings.text_dim}-d, {pooling} pooling, at most {settings.max_tokens} tokens)
 - Fusion MLP and LightGBM on log1p(price) over the fine-tuned embeddings; FAISS retrieval
   (k={settings.retrieval_k}) over the fit rows; lexical model: TF-IDF of hashed word-piece
   n-grams + Ridge

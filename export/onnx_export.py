@@ -1,10 +1,13 @@
-"""ONNX export of each served model: a small exporter per model that names its inputs, outputs
-and dynamic axes, builds example inputs, and writes one self-contained `.onnx` file."""
+"""ONNX export of each served model: an exporter per model names its inputs, outputs and dynamic
+axes (from the model's ModelSpec), builds example inputs, writes one self-contained `.onnx` file,
+and declares the parity each output must keep with the source model (`tolerances`)."""
 
 from __future__ import annotations
 
 import re
+import warnings
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from pathlib import Path
 
 import lightgbm as lgb
@@ -14,19 +17,41 @@ import torch
 from torch import nn
 
 from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, ModelSpec, served_models
+from export.parity import FractionWithin, MaxAbsDiff, MinCosine, Tolerance
 
 OPSET = 17
 EXPORT_BATCH = 3  # >= 2: exporting with a batch of 1 can freeze the batch axis
+EMBEDDING = MinCosine(0.9999)
+LOG_PRICE = MaxAbsDiff(1e-4)
+# TorchScript tracing warns wherever a tensor becomes a Python value or a constant: in these
+# models those are shapes and flags (e.g. inside transformers' attention masks), which the parity
+# checks on real rows at several batch and sequence lengths cover; nothing a user could change.
+_UNACTIONABLE_TRACER_WARNINGS = r"(Converting a tensor to a Python|torch\.tensor results are registered as constants)"
 
 
 class OnnxExporter(ABC):
-    """Exports one served model to `path`, with the tensor names of its ModelSpec."""
+    """Exports one served model to `path`, with the tensor names of its ModelSpec.
 
-    model_name: str
+    Args:
+        model_name: the served model (a key of client.models.served_models).
+        dims: the widths of the chosen encoders.
+        tolerances: for each output of the model, how close ONNX Runtime must stay to the source.
 
-    def __init__(self, dims: ModelDims):
-        self.spec: ModelSpec = served_models(dims)[self.model_name]
+    Raises:
+        ValueError: `tolerances` does not name exactly the model's outputs.
+    """
+
+    def __init__(self, model_name: str, dims: ModelDims, tolerances: Mapping[str, Tolerance]):
+        self.spec: ModelSpec = served_models(dims)[model_name]
         self.dims = dims
+        outputs = [tensor.name for tensor in self.spec.outputs]
+        if set(tolerances) != set(outputs):
+            raise ValueError(f"{model_name}: declare one tolerance per output {outputs}, not {sorted(tolerances)}")
+        self.tolerances = dict(tolerances)
+
+    @property
+    def model_name(self) -> str:
+        return self.spec.name
 
     def dynamic_axes(self) -> dict[str, dict[int, str]]:
         axes = {}
@@ -73,7 +98,8 @@ class TorchExporter(OnnxExporter):
 
     def export(self, model: nn.Module, path: Path) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with torch.inference_mode(False), torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", _UNACTIONABLE_TRACER_WARNINGS, category=torch.jit.TracerWarning)
             torch.onnx.export(
                 model.eval(),
                 self.example_inputs(),
@@ -93,24 +119,6 @@ class TorchExporter(OnnxExporter):
         return path
 
 
-class ImageEncoderExporter(TorchExporter):
-    model_name = IMAGE_ENCODER
-
-
-class TextEncoderExporter(TorchExporter):
-    """The fine-tuned encoder with its price head (training.finetune.PriceRegressor)."""
-
-    model_name = TEXT_ENCODER
-
-
-class LexicalExporter(TorchExporter):
-    model_name = LEXICAL
-
-
-class FusionExporter(TorchExporter):
-    model_name = FUSION
-
-
 class LightGbmExporter(OnnxExporter):
     """Converts a LightGBM booster with onnxmltools (ai.onnx.ml TreeEnsembleRegressor).
 
@@ -120,10 +128,8 @@ class LightGbmExporter(OnnxExporter):
     converter names its output `variable`; it is renamed to the spec's output name.
     """
 
-    model_name = LIGHTGBM
-
-    def __init__(self, dims: ModelDims, split: int | None = 100):
-        super().__init__(dims)
+    def __init__(self, dims: ModelDims, split: int | None = 100, tolerance: Tolerance = FractionWithin()):
+        super().__init__(LIGHTGBM, dims, {"gbm_log_price": tolerance})
         self.split = split
 
     def export(self, booster: lgb.Booster, path: Path) -> Path:
@@ -148,6 +154,21 @@ class LightGbmExporter(OnnxExporter):
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(onnx_model, str(path))
         return path
+
+
+def exporters(dims: ModelDims) -> dict[str, OnnxExporter]:
+    """The exporter of every served model that has a graph, by model name.
+
+    The text encoder is the fine-tuned encoder with its price head (training.finetune.PriceRegressor).
+    """
+    return {
+        IMAGE_ENCODER: TorchExporter(IMAGE_ENCODER, dims, {"image_embedding": EMBEDDING}),
+        TEXT_ENCODER: TorchExporter(TEXT_ENCODER, dims, {"text_embedding": EMBEDDING, "text_log_price": LOG_PRICE}),
+        LEXICAL: TorchExporter(LEXICAL, dims, {"lexical_log_price": LOG_PRICE}),
+        FUSION: TorchExporter(FUSION, dims, {"mlp_log_price": LOG_PRICE, "retrieval_vector": EMBEDDING,
+                                             "gbm_features": LOG_PRICE}),
+        LIGHTGBM: LightGbmExporter(dims),
+    }
 
 
 def float32_exact_thresholds(booster: lgb.Booster) -> lgb.Booster:

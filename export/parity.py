@@ -7,14 +7,13 @@ A missed bound raises ParityError naming the model, the output and the worst row
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import numpy as np
 import onnxruntime as ort
 
-EMBEDDING_MIN_COSINE = 0.9999
-LOG_PRICE_MAX_ABS = 1e-4
-GBM_MIN_FRACTION_WITHIN = 0.9999
 BATCH_SIZES = (1, 7, 64)
 
 
@@ -65,51 +64,105 @@ def run_in_batches(session: ort.InferenceSession, inputs: dict[str, np.ndarray],
     return [np.concatenate([chunk[i] for chunk in chunks]) for i in range(len(chunks[0]))]
 
 
-def _score(metric: str, reference: np.ndarray, exported: np.ndarray) -> tuple[float, int, bool]:
-    """(value, worst row, passed) of one comparison."""
-    row_diff = np.abs(reference - exported).max(axis=1)
-    if metric == "min_cosine":
+class Tolerance(ABC):
+    """How close an exported output must stay to its source model's output: a metric and its bound."""
+
+    metric: ClassVar[str]
+    bound: float
+
+    @abstractmethod
+    def score(self, reference: np.ndarray, exported: np.ndarray) -> tuple[float, int, bool]:
+        """(metric value, worst row, passed) of float64 [rows, width] outputs."""
+
+    def worst(self, values: list[float]) -> float:
+        """The worst of several metric values."""
+        return max(values)
+
+
+@dataclass(frozen=True)
+class MinCosine(Tolerance):
+    """Every row's cosine similarity to the source is at least `bound` (embeddings)."""
+
+    metric: ClassVar[str] = "min_cosine"
+    bound: float = 0.9999
+
+    def score(self, reference: np.ndarray, exported: np.ndarray) -> tuple[float, int, bool]:
         norms = np.linalg.norm(reference, axis=1) * np.linalg.norm(exported, axis=1)
         cosines = (reference * exported).sum(axis=1) / np.maximum(norms, 1e-12)
-        return float(cosines.min()), int(cosines.argmin()), bool(cosines.min() >= EMBEDDING_MIN_COSINE)
-    if metric == "max_abs_diff":
-        return float(row_diff.max()), int(row_diff.argmax()), bool(row_diff.max() <= LOG_PRICE_MAX_ABS)
-    if metric == "fraction_within":
-        fraction = float((row_diff <= LOG_PRICE_MAX_ABS).mean())
-        return fraction, int(row_diff.argmax()), fraction >= GBM_MIN_FRACTION_WITHIN
-    raise ValueError(f"unknown parity metric {metric!r}; choose one of {', '.join(BOUNDS)}")
+        return float(cosines.min()), int(cosines.argmin()), bool(cosines.min() >= self.bound)
+
+    def worst(self, values: list[float]) -> float:
+        return min(values)
 
 
-BOUNDS = {"min_cosine": EMBEDDING_MIN_COSINE, "max_abs_diff": LOG_PRICE_MAX_ABS,
-          "fraction_within": GBM_MIN_FRACTION_WITHIN}
+@dataclass(frozen=True)
+class MaxAbsDiff(Tolerance):
+    """Every |difference| is at most `bound` (log prices, feature vectors)."""
+
+    metric: ClassVar[str] = "max_abs_diff"
+    bound: float = 1e-4
+
+    def score(self, reference: np.ndarray, exported: np.ndarray) -> tuple[float, int, bool]:
+        row_diff = np.abs(reference - exported).max(axis=1)
+        return float(row_diff.max()), int(row_diff.argmax()), bool(row_diff.max() <= self.bound)
 
 
-def compare(model: str, output: str, reference: np.ndarray, runs: dict[int, np.ndarray], metric: str) -> ParityResult:
+@dataclass(frozen=True)
+class FractionWithin(Tolerance):
+    """At least `bound` of the rows are within `atol` (LightGBM: ONNX sums its trees in float32,
+    LightGBM in float64, so a rare row may land across a threshold)."""
+
+    metric: ClassVar[str] = "fraction_within"
+    bound: float = 0.9999
+    atol: float = 1e-4
+
+    def score(self, reference: np.ndarray, exported: np.ndarray) -> tuple[float, int, bool]:
+        row_diff = np.abs(reference - exported).max(axis=1)
+        fraction = float((row_diff <= self.atol).mean())
+        return fraction, int(row_diff.argmax()), fraction >= self.bound
+
+    def worst(self, values: list[float]) -> float:
+        return min(values)
+
+
+def compare(model: str, output: str, reference: np.ndarray, runs: dict[int, np.ndarray],
+            tolerance: Tolerance) -> ParityResult:
     """Compares the exported model's output, run at each batch size in `runs`, with `reference`.
 
-    Metrics:
-        "min_cosine": per-row cosine similarity >= EMBEDDING_MIN_COSINE (embeddings);
-        "max_abs_diff": every |difference| <= LOG_PRICE_MAX_ABS (the MLP's log price);
-        "fraction_within": at least GBM_MIN_FRACTION_WITHIN of the rows within LOG_PRICE_MAX_ABS
-            (LightGBM: ONNX sums its trees in float32, LightGBM in float64).
-
-    Every batch size must meet the bound; the result reports the worst of them, and the largest
-    |difference| between the batch sizes' outputs.
+    Every batch size must meet the tolerance; the result reports the worst of them, and the
+    largest |difference| between the batch sizes' outputs.
     """
     reference = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
     outputs = {size: np.asarray(out, dtype=np.float64).reshape(len(out), -1) for size, out in runs.items()}
-    scores = {size: _score(metric, reference, out) for size, out in outputs.items()}
-    higher_is_better = metric != "max_abs_diff"
-    value, worst_row, _ = (min if higher_is_better else max)(scores.values(), key=lambda score: score[0])
+    scores = {size: tolerance.score(reference, out) for size, out in outputs.items()}
+    value = tolerance.worst([score[0] for score in scores.values()])
+    worst_row = next(row for score, row, _ in scores.values() if score == value)
     first = next(iter(outputs.values()))
     return ParityResult(
-        model=model, output=output, rows=len(reference), metric=metric, value=value, bound=BOUNDS[metric],
-        worst_row=worst_row,
+        model=model, output=output, rows=len(reference), metric=tolerance.metric, value=value,
+        bound=tolerance.bound, worst_row=worst_row,
         max_abs_diff=max(float(np.abs(reference - out).max()) for out in outputs.values()),
         batch_sizes=tuple(outputs),
         batch_max_abs_diff=max(float(np.abs(out - first).max()) for out in outputs.values()),
         passed=all(passed for _, _, passed in scores.values()),
     )
+
+
+def check_graph(model: str, path: str, inputs: dict[str, np.ndarray], references: dict[str, np.ndarray],
+                tolerances: dict[str, Tolerance]) -> list[ParityResult]:
+    """Runs the ONNX file at `path` on `inputs` at every size of BATCH_SIZES and compares each
+    output with its reference under its tolerance.
+
+    Raises:
+        ValueError: the references do not name exactly the graph's outputs.
+    """
+    session = load_session(path)
+    names = [output.name for output in session.get_outputs()]
+    if set(references) != set(names):
+        raise ValueError(f"{model}: references for {sorted(references)}, but the graph's outputs are {names}")
+    runs = {size: dict(zip(names, run_in_batches(session, inputs, size))) for size in BATCH_SIZES}
+    return [compare(model, name, references[name], {size: run[name] for size, run in runs.items()},
+                    tolerances[name]) for name in names]
 
 
 def raise_on_failure(results: list[ParityResult]) -> None:

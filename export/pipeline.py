@@ -1,7 +1,10 @@
-"""`export-bundle`: from a training output folder to a deployment folder.
+"""`export-bundle`: from a training run folder to a deployment folder, in four steps.
 
-Exports the five models to ONNX, measures parity on real rows with the files reloaded from
-disk, writes the Triton configs, the client bundle, the manifest and MODEL_CARD.md.
+1. `load_run`: the run's settings and models, read through training.run_dir.RunDir;
+2. `export_graphs`: every model to ONNX (export.onnx_export);
+3. `check_parity`: each graph, reloaded from disk, against its source model on real rows, under
+   the tolerances its exporter declares;
+4. `write_deployment`: the Triton configs, the client bundle, MODEL_CARD.md and the manifest.
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from client.blend import COMPONENTS
 from client.bundle import (
@@ -35,25 +40,19 @@ from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER
 from client.retrieval import NeighbourIndex
 from client.table import read_catalog_csv
 from export.model_card import write_model_card
-from export.onnx_export import (
-    FusionExporter,
-    ImageEncoderExporter,
-    LexicalExporter,
-    LightGbmExporter,
-    TextEncoderExporter,
-    onnx_opsets,
-)
-from export.parity import BATCH_SIZES, ParityResult, compare, load_session, raise_on_failure, run_in_batches
+from export.onnx_export import OnnxExporter, exporters, onnx_opsets
+from export.parity import ParityResult, check_graph, raise_on_failure
 from export.triton_config import write_repository_configs
+from training.config import TrainConfig
 from training.encoders import load_image_encoder, make_tokenizer
 from training.features import extract_features
 from training.finetune import load_regressor
 from training.fusion import load_fusion
 from training.gbm import gbm_features, load_gbm
 from training.lexical import load_lexical
-from training.pipeline import BLEND_FILE as RUN_BLEND_FILE
-from training.pipeline import REPORT_FILE, RUN_FILE, TEXT_EMBEDDINGS_FILE, TEXT_ENCODER_DIR, TrainConfig
 from training.report import package_versions
+from training.run_dir import RunDir
+from training.sentence_folder import read_sentence_folder
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +65,157 @@ class ExportResult:
     parity: list[ParityResult]
 
 
-def _train_config(run_dir: Path, run_info: dict) -> TrainConfig:
-    """The run's settings, with its fine-tuned text encoder in place of the base one."""
-    raw = run_info["config"]
-    keep = {k: raw[k] for k in ("image_encoder", "ocr_engine", "max_tokens", "retrieval_k", "seed")}
-    keep |= {k: raw[k] for k in ("csv_encoding", "allow_local_files", "allow_private_addresses") if k in raw}
-    keep["allowed_networks"] = tuple(raw.get("allowed_networks", ()))
-    images = Path(raw["images_dir"]) if raw.get("images_dir") else None
-    return TrainConfig(csv=Path(raw["csv"]), output=run_dir, images_dir=images,
-                       text_encoder=str(run_dir / TEXT_ENCODER_DIR), **keep)
+@dataclass
+class LoadedRun:
+    """A training run's models and what the deployment records about them.
+
+    Attributes:
+        run: the run folder.
+        config: its settings (run.json).
+        models: each served model's source (nn.Module or LightGBM booster), by model name.
+        identities: the source encoders' identities (image, fine-tuned text, base text).
+        dims: the widths the served models are built for.
+    """
+
+    run: RunDir
+    config: TrainConfig
+    models: dict[str, Any]
+    identities: dict[str, dict]
+    dims: ModelDims
+
+    @property
+    def exporters(self) -> dict[str, OnnxExporter]:
+        return exporters(self.dims)
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """Reads a finished training run: its settings and every model export turns into a graph.
+
+    Raises:
+        InputError: the run was trained before its text encoder folder recorded its pooling.
+        FileNotFoundError: a file of the run is missing.
+    """
+    run = RunDir(run_dir)
+    config = run.config()
+    base_text_encoder = run.model_identities()["base_text_encoder"]
+    if "pooling" not in base_text_encoder:
+        # its text_encoder/ has no modules.json, yet was trained with mean pooling + normalisation
+        raise InputError(f"{run.root} was trained before text encoder folders recorded their pooling: "
+                         "train it again to export it")
+    torch.manual_seed(config.seed)
+    image_encoder, image_identity = load_image_encoder(config.image_encoder)
+    text_encoder, text_identity = load_regressor(run.text_encoder)
+    models = {
+        IMAGE_ENCODER: image_encoder,
+        TEXT_ENCODER: text_encoder,
+        LEXICAL: load_lexical(run.lexical_weights, run.lexical_settings),
+        FUSION: load_fusion(run.fusion_weights, run.fusion_architecture),
+        LIGHTGBM: load_gbm(run.lightgbm),
+    }
+    identities = {"image_encoder": image_identity, "text_encoder": text_identity,
+                  "base_text_encoder": base_text_encoder}
+    dims = ModelDims(image_dim=image_identity["embedding_dim"], text_dim=text_identity["embedding_dim"],
+                     numeric_dim=len(NUMERIC_FEATURE_NAMES))
+    return LoadedRun(run, config, models, identities, dims)
+
+
+def export_graphs(loaded: LoadedRun, repository: Path) -> dict[str, Path]:
+    """Writes each model's ONNX file into the model repository; returns the paths by model name."""
+    paths = {}
+    for name, exporter in tqdm(loaded.exporters.items(), desc="ONNX export", unit="model"):
+        paths[name] = exporter.export(loaded.models[name], repository / name / "1" / MODEL_FILE)
+    return paths
+
+
+@torch.inference_mode()
+def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = PARITY_ROWS) -> list[ParityResult]:
+    """Compares each exported graph with its source model on real rows of the training data:
+    `parity_rows` rows for the encoders and the lexical model, every row for fusion and LightGBM."""
+    config, run, models = loaded.config, loaded.run, loaded.models
+    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip", encoding=config.csv_encoding)
+    fetcher = ImageFetcher(config.images_dir, cache_dir=run.image_cache, policy=config.link_policy())
+    features = extract_features(table, fetcher, run.features, config.feature_settings())
+    progress = tqdm(total=len(paths), desc="parity", unit="model")
+
+    def check(model: str, inputs: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> list[ParityResult]:
+        results = check_graph(model, str(paths[model]), inputs, references, loaded.exporters[model].tolerances)
+        progress.update()
+        return results
+
+    results: list[ParityResult] = []
+    with_image = np.flatnonzero(features.has_image)[:parity_rows]
+    if len(with_image):
+        images = load_images(fetcher, [table.image_links[i] for i in with_image], size=loaded.dims.image_size)
+        pixels = np.stack([image.pixels for image in images if image.has_image])
+        reference = models[IMAGE_ENCODER](torch.from_numpy(pixels)).numpy()
+        results += check(IMAGE_ENCODER, {"image": pixels}, {"image_embedding": reference})
+
+    tokenizer = make_tokenizer(str(run.text_encoder), config.max_tokens)
+    rows = np.linspace(0, len(table) - 1, min(parity_rows, len(table))).astype(int)
+    input_ids, attention_mask = tokenizer.pad(tokenizer.encode([features.texts[i] for i in rows]))
+    tokens = {"input_ids": input_ids, "attention_mask": attention_mask}
+    embedding, text_log_price = models[TEXT_ENCODER](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    results += check(TEXT_ENCODER, tokens, {"text_embedding": embedding.numpy(), "text_log_price": text_log_price.numpy()})
+    lexical = models[LEXICAL](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+    results += check(LEXICAL, tokens, {"lexical_log_price": lexical.numpy()})
+
+    inputs = features.fusion_inputs(np.load(run.text_embeddings))
+    fusion_inputs = dict(zip(("image_embedding", "text_embedding", "has_image", "numeric_features"),
+                             (t.numpy() for t in inputs.tensors())))
+    log_price, vectors, gbm_vector = (t.numpy() for t in models[FUSION](*inputs.tensors()))
+    results += check(FUSION, fusion_inputs,
+                     {"mlp_log_price": log_price, "retrieval_vector": vectors, "gbm_features": gbm_vector})
+
+    matrix = gbm_features(inputs)
+    results += check(LIGHTGBM, {"gbm_features": matrix},
+                     {"gbm_log_price": models[LIGHTGBM].predict(matrix).reshape(-1, 1)})
+    progress.close()
+    return results
+
+
+def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], parity: list[ParityResult],
+                     tensorrt_fp16: bool = False) -> None:
+    """Writes the Triton configs beside the graphs, the client bundle, MODEL_CARD.md and, last,
+    the manifest with every file's SHA-256."""
+    config, run, dims = loaded.config, loaded.run, loaded.dims
+    repository, bundle = output / REPOSITORY_DIR, output / BUNDLE_DIR
+    model_sha256 = {name: sha256_file(path) for name, path in paths.items()}
+    write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256)
+    for spec in served_models(dims).values():
+        if spec.is_ensemble:  # Triton wants a version folder for ensembles too
+            (repository / spec.name / "1").mkdir(exist_ok=True)
+
+    bundle.mkdir(parents=True)
+    tokenizer = make_tokenizer(str(run.text_encoder), config.max_tokens)
+    tokenizer_dir = read_sentence_folder(run.text_encoder).transformer_dir
+    for name in (TOKENIZER_FILE, "special_tokens_map.json"):
+        if (tokenizer_dir / name).is_file():  # special_tokens_map.json: not written by transformers >= 5
+            shutil.copy(tokenizer_dir / name, bundle / name)
+    NeighbourIndex.load(run.retrieval).save(bundle)
+    run_blend = run.read_json(run.blend)
+    weights = run_blend[f"{run_blend['use']}_weights"]
+    (bundle / BLEND_FILE).write_text(json.dumps({"components": list(COMPONENTS), "weights": weights,
+                                                 "source": run_blend["use"]}, indent=2))
+    settings = ServingSettings(
+        image_size=dims.image_size, max_tokens=config.max_tokens,
+        pad_token=tokenizer.tokenizer.id_to_token(tokenizer.pad_id), ocr_engine=config.ocr_engine,
+        numeric_features=tuple(NUMERIC_FEATURE_NAMES), retrieval_k=config.retrieval_k,
+        image_dim=dims.image_dim, text_dim=dims.text_dim,
+    )
+    save_settings(bundle, settings)
+
+    report = run.read_json(run.report)
+    details = {
+        "source_models": loaded.identities,
+        "training_run": str(run.root),
+        "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
+        "versions": package_versions(),
+        "parity": [r.as_dict() for r in parity],
+        "validation_smape": report["validation_smape"],
+        "tensorrt_fp16": tensorrt_fp16,
+    }
+    write_model_card(output, config, report, details, settings)
+    write_manifest(output, details)
 
 
 def check_export_paths(run_dir: Path, output: Path) -> None:
@@ -84,8 +225,9 @@ def check_export_paths(run_dir: Path, output: Path) -> None:
         InputError: `output` is a file, a non-empty folder without a deployment manifest, or
             holds `run_dir`.
     """
-    if not (run_dir / RUN_FILE).is_file():
-        raise InputError(f"{run_dir}: no {RUN_FILE}; is this a folder written by `train`?")
+    run_info = RunDir(run_dir).run_info
+    if not run_info.is_file():
+        raise InputError(f"{run_dir}: no {run_info.name}; is this a folder written by `train`?")
     if output.exists() and not output.is_dir():
         raise InputError(f"{output} is a file: name a folder for the deployment")
     if run_dir.resolve().is_relative_to(output.resolve()):
@@ -112,117 +254,14 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         ParityError: an exported graph misses its parity bound (with `check`).
     """
     check_export_paths(run_dir, output)
-    try:
-        run_info = json.loads((run_dir / RUN_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise InputError(f"{run_dir}: not a complete training run folder ({error})") from None
-    config = _train_config(run_dir, run_info)
-    torch.manual_seed(config.seed)
-    image_encoder, image_identity = load_image_encoder(config.image_encoder)
-    text_dir = Path(config.text_encoder)
-    text_encoder, text_identity = load_regressor(text_dir)
-    fusion = load_fusion(run_dir)
-    booster = load_gbm(run_dir)
-    lexical = load_lexical(run_dir)
-    dims = ModelDims(image_dim=image_identity["embedding_dim"], text_dim=text_identity["embedding_dim"],
-                     numeric_dim=len(NUMERIC_FEATURE_NAMES))
-
+    loaded = load_run(run_dir)
     if output.exists():
         shutil.rmtree(output)
-    repository, bundle = output / REPOSITORY_DIR, output / BUNDLE_DIR
-    paths = {name: repository / name / "1" / MODEL_FILE
-             for name in (IMAGE_ENCODER, TEXT_ENCODER, LEXICAL, FUSION, LIGHTGBM)}
-    ImageEncoderExporter(dims).export(image_encoder, paths[IMAGE_ENCODER])
-    TextEncoderExporter(dims).export(text_encoder, paths[TEXT_ENCODER])
-    LexicalExporter(dims).export(lexical, paths[LEXICAL])
-    FusionExporter(dims).export(fusion, paths[FUSION])
-    LightGbmExporter(dims).export(booster, paths[LIGHTGBM])
-
-    models = {IMAGE_ENCODER: image_encoder, TEXT_ENCODER: text_encoder, LEXICAL: lexical, FUSION: fusion,
-              LIGHTGBM: booster}
-    parity = measure_parity(config, run_dir, paths, models, parity_rows)
+    paths = export_graphs(loaded, output / REPOSITORY_DIR)
+    parity = check_parity(loaded, paths, parity_rows)
     for result in parity:
         logger.info("parity %s", result.describe())
     if check:
         raise_on_failure(parity)
-
-    model_sha256 = {name: sha256_file(path) for name, path in paths.items()}
-    write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256)
-    for spec in served_models(dims).values():
-        if spec.is_ensemble:  # Triton wants a version folder for ensembles too
-            (repository / spec.name / "1").mkdir(exist_ok=True)
-
-    bundle.mkdir(parents=True)
-    tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
-    for name in (TOKENIZER_FILE, "special_tokens_map.json"):
-        shutil.copy(text_dir / name, bundle / name)
-    NeighbourIndex.load(run_dir).save(bundle)
-    run_blend = json.loads((run_dir / RUN_BLEND_FILE).read_text())
-    weights = run_blend[f"{run_blend['use']}_weights"]
-    (bundle / BLEND_FILE).write_text(json.dumps({"components": list(COMPONENTS), "weights": weights,
-                                                 "source": run_blend["use"]}, indent=2))
-    settings = ServingSettings(
-        image_size=dims.image_size, max_tokens=config.max_tokens,
-        pad_token=tokenizer.tokenizer.id_to_token(tokenizer.pad_id), ocr_engine=config.ocr_engine,
-        numeric_features=tuple(NUMERIC_FEATURE_NAMES), retrieval_k=config.retrieval_k,
-        image_dim=dims.image_dim, text_dim=dims.text_dim,
-    )
-    save_settings(bundle, settings)
-
-    report = json.loads((run_dir / REPORT_FILE).read_text())
-    details = {
-        "source_models": {"image_encoder": image_identity, "text_encoder": text_identity,
-                          "base_text_encoder": run_info["models"]["base_text_encoder"]},
-        "training_run": str(run_dir),
-        "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
-        "versions": package_versions(),
-        "parity": [r.as_dict() for r in parity],
-        "validation_smape": report["validation_smape"],
-        "tensorrt_fp16": tensorrt_fp16,
-    }
-    write_model_card(output, config, report, details, settings)
-    write_manifest(output, details)
+    write_deployment(loaded, output, paths, parity, tensorrt_fp16)
     return ExportResult(output, parity)
-
-
-@torch.inference_mode()
-def measure_parity(config: TrainConfig, run_dir: Path, paths: dict[str, Path], models: dict,
-                   parity_rows: int) -> list[ParityResult]:
-    """Compares each exported graph with its source model on real rows of the training data."""
-    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip", encoding=config.csv_encoding)
-    fetcher = ImageFetcher(config.images_dir, cache_dir=run_dir / "image_cache", policy=config.link_policy())
-    features = extract_features(table, fetcher, run_dir / "features", config.feature_settings())
-    results: list[ParityResult] = []
-
-    def check(model: str, inputs: dict[str, np.ndarray], references: list[np.ndarray], metrics: list[str]) -> None:
-        session = load_session(str(paths[model]))
-        runs = {size: run_in_batches(session, inputs, size) for size in BATCH_SIZES}
-        for i, (output, metric) in enumerate(zip([o.name for o in session.get_outputs()], metrics)):
-            results.append(compare(model, output, references[i], {s: r[i] for s, r in runs.items()}, metric))
-
-    with_image = np.flatnonzero(features.has_image)[:parity_rows]
-    if len(with_image):
-        prepared = load_images(fetcher, [table.image_links[i] for i in with_image])
-        pixels = np.stack([p.pixels for p in prepared if p.has_image])
-        reference = models[IMAGE_ENCODER](torch.from_numpy(pixels)).numpy()
-        check(IMAGE_ENCODER, {"image": pixels}, [reference], ["min_cosine"])
-
-    tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
-    rows = np.linspace(0, len(table) - 1, min(parity_rows, len(table))).astype(int)
-    input_ids, attention_mask = tokenizer.pad(tokenizer.encode([features.texts[i] for i in rows]))
-    tokens = {"input_ids": input_ids, "attention_mask": attention_mask}
-    embedding, text_log_price = models[TEXT_ENCODER](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-    check(TEXT_ENCODER, tokens, [embedding.numpy(), text_log_price.numpy()], ["min_cosine", "max_abs_diff"])
-    lexical = models[LEXICAL](torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-    check(LEXICAL, tokens, [lexical.numpy()], ["max_abs_diff"])
-
-    text_embedding = np.load(run_dir / TEXT_EMBEDDINGS_FILE)
-    inputs = features.fusion_inputs(text_embedding)
-    fusion_inputs = dict(zip(("image_embedding", "text_embedding", "has_image", "numeric_features"),
-                             (t.numpy() for t in inputs.tensors())))
-    log_price, vectors, gbm_vector = (t.numpy() for t in models[FUSION](*inputs.tensors()))
-    check(FUSION, fusion_inputs, [log_price, vectors, gbm_vector], ["max_abs_diff", "min_cosine", "max_abs_diff"])
-
-    matrix = gbm_features(inputs)
-    check(LIGHTGBM, {"gbm_features": matrix}, [models[LIGHTGBM].predict(matrix).reshape(-1, 1)], ["fraction_within"])
-    return results

@@ -28,15 +28,16 @@ needs_shared_data = pytest.mark.skipif(
 def sample_run(tmp_path_factory) -> Path:
     """A small but complete training run on the bundled sample (1 fine-tuning epoch, 3 MLP
     epochs, 100 rounds)."""
-    from training.finetune import FineTuning
-    from training.fusion import FusionTraining
+    from training.config import TrainConfig
+    from training.finetune import FineTuneSettings
+    from training.fusion import FusionSettings
     from training.gbm import GbmSettings
-    from training.pipeline import TrainConfig, train
+    from training.pipeline import train
 
     output = tmp_path_factory.mktemp("run")
     train(TrainConfig(
-        csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", fine_tuning=FineTuning(epochs=1),
-        fusion=FusionTraining(max_epochs=3), gbm=GbmSettings(max_rounds=100),
+        csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", fine_tuning=FineTuneSettings(epochs=1),
+        fusion=FusionSettings(max_epochs=3), gbm=GbmSettings(max_rounds=100),
     ))
     return output
 

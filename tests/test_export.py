@@ -14,8 +14,8 @@ from client.errors import BundleError
 from client.images import ImageFetcher, load_images
 from client.models import ModelDims, served_models
 from client.table import read_catalog_csv
-from export.onnx_export import ImageEncoderExporter
-from export.parity import BATCH_SIZES, compare, load_session, run_in_batches
+from export.onnx_export import EMBEDDING, TorchExporter
+from export.parity import BATCH_SIZES, MinCosine, compare, load_session, run_in_batches
 from export.triton_config import parse_config
 from tests.conftest import PROJECT, SAMPLE
 
@@ -49,7 +49,7 @@ def test_exported_image_encoder_matches_pytorch_at_every_batch_size(deployment):
         reference = encoder(torch.from_numpy(pixels)).numpy()
     session = load_session(str(deployment / "model_repository" / "image_encoder" / "1" / "model.onnx"))
     runs = {size: run_in_batches(session, {"image": pixels}, size)[0] for size in (1, 7, 9)}
-    result = compare("image_encoder", "image_embedding", reference, runs, "min_cosine")
+    result = compare("image_encoder", "image_embedding", reference, runs, MinCosine(0.9999))
     assert result.passed and result.value >= 0.9999 and result.rows == 9
 
 
@@ -92,7 +92,7 @@ def test_tampered_bundle_file_is_detected(deployment_copy):
 
 def test_tiny_clip_image_encoder_exports_and_matches(tmp_path):
     """No CLIP weights load offline: a tiny random CLIPModel, saved and reloaded the real way."""
-    from transformers import CLIPConfig, CLIPModel
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
     from training.encoders import load_image_encoder
 
@@ -100,23 +100,33 @@ def test_tiny_clip_image_encoder_exports_and_matches(tmp_path):
         text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                      "num_attention_heads": 2, "max_position_embeddings": 32},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                       "num_attention_heads": 2, "image_size": 224, "patch_size": 32},
+                       "num_attention_heads": 2, "image_size": 160, "patch_size": 32},
         projection_dim=24,
     )
     torch.manual_seed(0)
     CLIPModel(config).save_pretrained(tmp_path / "tiny-clip")
+    with pytest.raises(ValueError, match="no preprocessor_config.json"):
+        load_image_encoder(str(tmp_path / "tiny-clip"))
+    # a checkpoint that reads 160 pixels with its own normalisation, not CLIP ViT-B/32's 224
+    processor = CLIPImageProcessor(crop_size={"height": 160, "width": 160}, size={"shortest_edge": 160},
+                                   image_mean=[0.5, 0.4, 0.3], image_std=[0.2, 0.25, 0.3])
+    processor.save_pretrained(tmp_path / "tiny-clip")
     encoder, identity = load_image_encoder(str(tmp_path / "tiny-clip"))
     assert identity["embedding_dim"] == 24
+    assert (encoder.views.crop_size, encoder.views.zoom_crop_size) == (160, 137)
+    np.testing.assert_allclose(encoder.mean.flatten().numpy(), [127.5, 102.0, 76.5], rtol=1e-6)
+    np.testing.assert_allclose(encoder.std.flatten().numpy(), [51.0, 63.75, 76.5], rtol=1e-6)
 
     table = read_catalog_csv(SAMPLE / "train.csv")
     prepared = load_images(ImageFetcher(SAMPLE / "images"), table.image_links)
     pixels = np.stack([p.pixels for p in prepared if p.has_image][:8])
-    path = ImageEncoderExporter(ModelDims(image_dim=24)).export(encoder, tmp_path / "clip.onnx")
+    exporter = TorchExporter("image_encoder", ModelDims(image_dim=24), {"image_embedding": EMBEDDING})
+    path = exporter.export(encoder, tmp_path / "clip.onnx")
     with torch.inference_mode():
         reference = encoder(torch.from_numpy(pixels)).numpy()
     session = load_session(str(path))
     runs = {size: run_in_batches(session, {"image": pixels}, size)[0] for size in (1, 7, 8)}
-    result = compare("image_encoder", "image_embedding", reference, runs, "min_cosine")
+    result = compare("image_encoder", "image_embedding", reference, runs, EMBEDDING)
     assert result.passed, result.describe()
     assert runs[8].shape == (8, 24)
 
@@ -153,3 +163,16 @@ def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
     path = LightGbmExporter(dims).export(booster, tmp_path / "lightgbm.onnx")
     exported = load_session(str(path)).run(None, {"gbm_features": rows})[0][:, 0]
     np.testing.assert_allclose(exported, booster.predict(rows), atol=1e-5)
+
+
+def test_a_run_trained_before_text_encoders_recorded_their_pooling_is_refused(sample_run, tmp_path):
+    """Such a run's text_encoder/ has no modules.json but was trained mean-pooled and normalised:
+    exporting it as a plain transformers folder would serve other embeddings than it trained on."""
+    from export.pipeline import load_run
+
+    run_info = json.loads((sample_run / "run.json").read_text())
+    assert run_info["models"]["base_text_encoder"]["pooling"] == ["mean"]
+    del run_info["models"]["base_text_encoder"]["pooling"]
+    (tmp_path / "run.json").write_text(json.dumps(run_info))
+    with pytest.raises(ValueError, match="train it again"):
+        load_run(tmp_path)

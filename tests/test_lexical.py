@@ -55,8 +55,8 @@ def test_predictions_equal_scikit_learns_tfidf_and_ridge(tokenised):
 def test_unseen_text_gets_the_intercept(tokenised, tmp_path):
     tokenizer, token_ids, log_prices = tokenised
     model, _ = fit_lexical(tokenizer, token_ids, log_prices, np.arange(300), LexicalSettings(buckets=2**16))
-    save_lexical(model, tmp_path)
-    reloaded = load_lexical(tmp_path)
+    save_lexical(model, tmp_path / "lexical.safetensors", tmp_path / "lexical.json")
+    reloaded = load_lexical(tmp_path / "lexical.safetensors", tmp_path / "lexical.json")
     padding = torch.full((2, 5), tokenizer.pad_id, dtype=torch.int64)
     with torch.no_grad():
         out = reloaded(padding, torch.zeros_like(padding))

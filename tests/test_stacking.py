@@ -10,10 +10,11 @@ import pytest
 from client.blend import COMPONENTS
 from tests.conftest import SAMPLE
 from training import pipeline
-from training.finetune import FineTuning
-from training.fusion import FusionTraining
+from training.config import TrainConfig
+from training.finetune import FineTuneSettings
+from training.fusion import FusionSettings
 from training.gbm import GbmSettings
-from training.pipeline import TrainConfig, split_rows
+from training.pipeline import split_rows
 
 # (function in training.pipeline, position of its training-rows argument)
 TRAINERS = {"fine_tune": 4, "train_fusion": 2, "train_gbm": 2, "fit_lexical": 3, "retrieval_estimates": 3}
@@ -43,7 +44,7 @@ def spied_run(tmp_path_factory):
     try:
         pipeline.train(TrainConfig(
             csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", ocr_engine="none",
-            limit_rows=160, fine_tuning=FineTuning(epochs=1), fusion=FusionTraining(max_epochs=1),
+            limit_rows=160, fine_tuning=FineTuneSettings(epochs=1), fusion=FusionSettings(max_epochs=1),
             gbm=GbmSettings(max_rounds=20),
         ))
     finally:

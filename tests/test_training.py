@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 
+from client import rows as rows_module
 from client.blend import COMPONENTS
 from client.images import ImageFetcher
 from client.table import read_catalog_csv
 from tests.conftest import SAMPLE, TRUNCATED_SAMPLE_IDS
 from training import features as features_module
+from training.config import TrainConfig
 from training.features import extract_features
-from training.pipeline import TrainConfig, grouped_split, image_groups
+from training.pipeline import grouped_split, image_groups
 
 
 def test_run_writes_every_artifact(sample_run):
@@ -56,7 +58,7 @@ def test_second_run_over_unchanged_store_does_no_encoder_work(sample_run, monkey
         raise AssertionError("an encoder was loaded although every chunk is cached")
 
     monkeypatch.setattr(features_module, "load_image_encoder", refuse)
-    monkeypatch.setattr(features_module, "run_ocr", refuse)
+    monkeypatch.setattr(rows_module, "run_ocr", refuse)
     table = read_catalog_csv(SAMPLE / "train.csv", with_prices=True)
     config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run)
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), sample_run / "features", config.feature_settings())

