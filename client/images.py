@@ -550,7 +550,8 @@ def ocr_view(image: Image.Image, max_side: int = OCR_MAX_SIDE) -> np.ndarray:
         max_side: Longest side of the result.
 
     Returns:
-        A C-contiguous uint8 array of shape ``[height, width, 3]``.
+        A C-contiguous uint8 RGB array ``[height, width, 3]`` with ``max(height, width) <=
+        max_side`` and ``max(height, width) <= OCR_MAX_ASPECT * min(height, width)``.
     """
     rgb = _to_rgb(image)
     scale = max_side / max(rgb.size)

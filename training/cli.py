@@ -14,7 +14,7 @@ import logging
 import sys
 from pathlib import Path
 
-from client.commands.predict import add_link_options
+from client.commands.options import add_encoding_option, add_link_options
 from client.errors import InputError, MissingDependencyError
 from client.ocr import OCR_ENGINES
 from training.config import TrainConfig
@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("rows and images")
     data.add_argument("--images", type=Path,
                       help="folder of images, matched by the last segment of image_link (default: download links)")
-    data.add_argument("--encoding", help="the CSV's text encoding, e.g. cp1252 or utf-16 "
-                      "(default: UTF-8, or UTF-16/32 when the file starts with their byte-order mark)")
+    add_encoding_option(data)
     data.add_argument("--skip-bad-prices", action="store_true",
                       help="skip rows whose price is missing, non-numeric or <= 0 (default: refuse the file)")
     data.add_argument("--limit-rows", type=int, help="use only the first N rows, for smoke runs (default: all)")

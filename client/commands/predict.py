@@ -3,52 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import json
 from pathlib import Path
 
-from client.links import LinkPolicy
+from client.commands.options import add_encoding_option, add_link_options, link_policy, non_negative_int, positive_int
 from client.predict import DEFAULT_CACHE_DIR, PredictConfig, predict
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer of at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer of at least 0."""
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
-    return value
-
-
-def network(text: str) -> str:
-    """argparse type: an IP network in CIDR form."""
-    try:
-        ipaddress.ip_network(text, strict=False)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    return text
-
-
-def add_link_options(parser: argparse.ArgumentParser) -> None:
-    """The options that widen which image links may be followed (see client.links)."""
-    group = parser.add_argument_group("image links (untrusted input: by default only http(s) to public addresses)")
-    group.add_argument("--allow-local-files", action="store_true",
-                       help="follow file:// links and local paths in the CSV (--images needs no such permission)")
-    group.add_argument("--allow-private-addresses", action="store_true",
-                       help="fetch from loopback, private and link-local addresses too")
-    group.add_argument("--allow-network", action="append", default=[], metavar="CIDR", type=network,
-                       help="fetch from this non-public network too (repeatable), e.g. 10.20.0.0/16")
-
-
-def link_policy(args: argparse.Namespace) -> LinkPolicy:
-    return LinkPolicy.from_options(args.allow_local_files, args.allow_private_addresses, args.allow_network)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,8 +23,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "Without it, the models run in-process with ONNX Runtime.")
     parser.add_argument("--images", type=Path, help="local folder of images, matched by the last segment of image_link")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="download and OCR cache")
-    parser.add_argument("--encoding", help="the input CSV's text encoding, e.g. cp1252 or utf-16 "
-                        "(default: UTF-8, or UTF-16/32 when the file starts with their byte-order mark)")
+    add_encoding_option(parser)
     parser.add_argument("--batch-size", type=positive_int, default=PredictConfig.batch_size,
                         help="rows per request (default: %(default)s)")
     parser.add_argument("--max-in-flight", type=positive_int, default=PredictConfig.max_in_flight,
