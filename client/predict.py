@@ -272,21 +272,23 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
 
     started: list[asyncio.Task] = []
     upcoming: asyncio.Future | None = None
+    # Shut down by hand, after `stop` is set: leaving a `with` block would first wait for the
+    # whole wave being prepared (minutes of OCR) and only then let the stop be signalled.
+    preparer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare")
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prepare") as preparer:
-            upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
-            previous: list[asyncio.Task] = []
-            for number in range(len(waves)):
-                wave = await upcoming
-                stats["prepare_s"] += wave.seconds
-                upcoming = None
-                if number + 1 < len(waves):
-                    upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
-                tasks = [asyncio.create_task(infer(wave, *request)) for request in predictor.batches(wave, config.batch_size)]
-                started += tasks
-                await asyncio.gather(*previous)  # at most two waves in flight
-                previous = tasks
-            await asyncio.gather(*previous)
+        upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[0]) if waves else None
+        previous: list[asyncio.Task] = []
+        for number in range(len(waves)):
+            wave = await upcoming
+            stats["prepare_s"] += wave.seconds
+            upcoming = None
+            if number + 1 < len(waves):
+                upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
+            tasks = [asyncio.create_task(infer(wave, *request)) for request in predictor.batches(wave, config.batch_size)]
+            started += tasks
+            await asyncio.gather(*previous)  # at most two waves in flight
+            previous = tasks
+        await asyncio.gather(*previous)
     except BaseException:
         predictor.stop.set()  # the preparing thread stops at its next image
         if upcoming is not None:
@@ -296,6 +298,7 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
         await asyncio.gather(*started, return_exceptions=True)
         raise
     finally:
+        preparer.shutdown(wait=True)
         progress.close()
 
 

@@ -383,34 +383,60 @@ def test_a_refused_link_costs_its_row_the_image_only(tmp_path, deployment, capsy
 # -- 6. Ctrl-C ---------------------------------------------------------------------------------------
 
 
-def test_ctrl_c_stops_soon_keeps_finished_batches_and_a_rerun_resumes(tmp_path, deployment):
+@pytest.fixture
+def labelled_rows(tmp_path) -> Path:
+    """The sample's 300 training rows without prices (60 photos, 58 readable)."""
     rows = tmp_path / "rows.csv"
     with (SAMPLE / "train.csv").open(newline="", encoding="utf-8") as source, rows.open("w", newline="") as target:
         writer = csv.DictWriter(target, fieldnames=["sample_id", "catalog_content", "image_link"], extrasaction="ignore")
         writer.writeheader()
         writer.writerows(csv.DictReader(source))
-    output = tmp_path / "out.csv"
-    journal = output.with_name(output.name + ".journal")
-    command = [sys.executable, "-m", "client", "predict", str(rows), "-o", str(output), "-d", str(deployment),
-               "--images", str(SAMPLE / "images"), "--cache-dir", str(tmp_path / "cache"),
-               "--wave-rows", "24", "--batch-size", "8", "-q"]
+    return rows
+
+
+def interrupt_when(command: list[str], ready, timeout_s: float = 300) -> tuple[subprocess.Popen, str]:
+    """Starts `command`, sends SIGINT once `ready()` is true, returns the process and its stderr."""
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and process.poll() is None:
-        if journal.exists() and len(journal.read_bytes().splitlines()) > 16:
-            break
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None and not ready():
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be interrupted"
     process.send_signal(signal.SIGINT)
-    interrupted_at = time.monotonic()
     _, stderr = process.communicate(timeout=120)
-    stop_seconds = time.monotonic() - interrupted_at
+    return process, stderr
+
+
+def line_count(path: Path) -> int:
+    return len(path.read_bytes().splitlines()) if path.exists() else 0
+
+
+def predict_command(rows: Path, output: Path, deployment: Path, cache: Path, *options: str) -> list[str]:
+    return [sys.executable, "-m", "client", "predict", str(rows), "-o", str(output), "-d", str(deployment),
+            "--images", str(SAMPLE / "images"), "--cache-dir", str(cache), "-q", *options]
+
+
+def test_ctrl_c_during_a_wave_of_ocr_stops_at_the_next_image(tmp_path, deployment, labelled_rows):
+    """One 512-row wave holds all 300 rows: interrupted while its 58 photos go through OCR, the run
+    must not finish the wave's OCR first (it did, for a minute, before)."""
+    ocr_cache = tmp_path / "cache" / "ocr_cache.jsonl"
+    command = predict_command(labelled_rows, tmp_path / "out.csv", deployment, tmp_path / "cache")
+    process, stderr = interrupt_when(command, lambda: line_count(ocr_cache) >= 2)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "0 finished row(s)" in stderr and "Traceback" not in stderr
+    assert line_count(ocr_cache) < 20  # of 58: it stopped at the next image, not the end of the wave
+
+
+def test_ctrl_c_stops_soon_keeps_finished_batches_and_a_rerun_resumes(tmp_path, deployment, labelled_rows):
+    output = tmp_path / "out.csv"
+    journal = output.with_name(output.name + ".journal")
+    command = predict_command(labelled_rows, output, deployment, tmp_path / "cache", "--wave-rows", "24",
+                              "--batch-size", "8")
+    process, stderr = interrupt_when(command, lambda: line_count(journal) > 16)
     assert process.returncode == 130, stderr[-3000:]
     assert "Traceback" not in stderr and "run the same command again" in stderr
-    kept = len(journal.read_bytes().splitlines()) - 1
+    kept = line_count(journal) - 1
     assert 16 <= kept < 300 and f"{kept} finished row(s)" in stderr
     assert not output.exists()
-    print(f"stopped {stop_seconds:.1f} s after SIGINT with {kept} rows kept")
 
     resumed = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
