@@ -130,9 +130,6 @@ class Journal:
             return
         self.records = {record["sample_id"]: record for record in records if "sample_id" in record}
 
-    def __len__(self) -> int:
-        return len(self.records)
-
     def append(self, records: list[dict]) -> None:
         self.file.append(records)
         for record in records:
