@@ -370,11 +370,11 @@ async def predict_async(config: PredictConfig) -> dict:
             in the journal; rerun to continue).
     """
     started = time.perf_counter()
-    check_output_paths(config)
     if config.images_dir is not None and not config.images_dir.is_dir():
         raise InputError(f"--images {config.images_dir} is not a folder")
     table = read_catalog_csv(config.input_csv, encoding=config.encoding)
     deployment = Deployment.load(config.deployment)
+    check_output_paths(config)  # after the inputs: a refused input leaves no output folder behind
     backend = make_backend(deployment, config.urls, config.retries)
     try:
         await backend.verify(deployment)
@@ -414,8 +414,8 @@ async def predict_async(config: PredictConfig) -> dict:
         "seconds": {"total": elapsed, "prepare": stats["prepare_s"], "request_latency_sum": stats["request_s"]},
         "rows_per_second": len(todo) / elapsed if elapsed else 0.0,
     }
-    if backend.requests_per_server():
-        summary["requests_per_server"] = backend.requests_per_server()
+    if requests_per_server := backend.requests_per_server():
+        summary["requests_per_server"] = requests_per_server
     if config.summary_json:
         with atomic_write(config.summary_json, encoding="utf-8") as handle:
             handle.write(json.dumps(summary, indent=2))

@@ -236,8 +236,9 @@ def test_train_and_predict_report_bad_csvs_without_a_traceback(tmp_path, deploym
     assert train_main([str(bad), "-o", str(tmp_path / "run")]) == 2
     assert capsys.readouterr().err.startswith(f"train: error: {bad}: line 2")
     assert not (tmp_path / "run").exists() or not any((tmp_path / "run").iterdir())
-    assert predict_cli(bad, "-d", deployment, "-o", tmp_path / "out.csv") == 2
+    assert predict_cli(bad, "-d", deployment, "-o", tmp_path / "new" / "out.csv") == 2
     assert "line 2" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()  # a refused input leaves no output folder behind
 
 
 # -- 5. broken deployments and run folders: errors, and nothing deleted -----------------------------
