@@ -1,23 +1,24 @@
-"""Validation SMAPE of the default training, per component and blend, beside TF-IDF + Ridge on
-the same rows, for one or more seeds.
+"""Out-of-fold SMAPE of the default training, per component and blend, beside TF-IDF + Ridge
+cross-fitted on the same folds.
 
-    python benchmarks/accuracy.py [--seeds 42 7] [--output runs/accuracy] [--csv ... --images ...]
+    python benchmarks/accuracy.py [--seeds 42] [--output runs/accuracy] [--csv ... --images ...]
 
-Each seed gets a full default training run (`train`) in OUTPUT/seed-<seed>, split grouped by
-image_link: 20% validation rows, which no model or blend weight sees. A seed whose run folder
-already holds a report is not retrained (`--retrain` forces it). Later seeds start from a copy of
-the first seed's feature store (image embeddings and OCR do not depend on the seed), so only the
-first seed's wall time is a training from scratch.
+Each seed gets a full default training run (`train`: K folds grouped by image_link, every model
+cross-fitted, then refitted on all rows) in OUTPUT/seed-<seed>. A seed whose run folder already
+holds a report is not retrained (`--retrain` forces it). Later seeds start from a copy of the
+first seed's feature store (image embeddings and OCR do not depend on the seed).
 
-The baseline (word 1-2-grams + char_wb 2-5-grams TF-IDF, Ridge on log1p(price)) is trained on
-all non-validation rows of the same split (fit and blend rows) and scored on its validation rows.
+The baseline (word 1-2-grams + char_wb 2-5-grams TF-IDF, Ridge alpha 1 on log1p(price)) is fitted
+on each fold's other folds, vocabulary included, and scores that fold's rows: the same rows and
+folds as the run's OOF estimates (read from its folds.json and oof_predictions.csv). The margin
+of each estimate over the baseline is also given fold by fold (paired: fold difficulty cancels).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import shutil
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -56,60 +57,67 @@ def run_seed(args, seed: int, first_run: Path | None) -> Path:
     return run.root
 
 
-def score_run(run: Path, table: CatalogTable) -> dict[str, float]:
-    """The run's validation SMAPE per estimate, TF-IDF + Ridge's on the same rows, wall time."""
+def score_run(run: Path, table: CatalogTable) -> dict[str, np.ndarray]:
+    """Per-fold SMAPE [k] of every OOF estimate of the run and of the cross-fitted baseline."""
     run_dir = RunDir(run)
-    report, split = run_dir.read_json(run_dir.report), run_dir.read_json(run_dir.split)
+    with run_dir.oof_predictions.open(newline="") as handle:
+        records = list(csv.DictReader(handle))
     row_of = {sample_id: i for i, sample_id in enumerate(table.sample_ids)}
-    train_rows = [row_of[s] for s in split["fit"] + split["blend"]]
-    val_rows = [row_of[s] for s in split["validation"]]
+    rows = np.asarray([row_of[r["sample_id"]] for r in records])
+    fold = np.asarray([int(r["fold"]) for r in records])
+    names = [name for name in records[0] if name not in ("sample_id", "price", "fold")]
+    predicted = {name: np.asarray([float(r[name]) for r in records]) for name in names}
     started = time.perf_counter()
-    baseline = tfidf_ridge([table.texts[i] for i in train_rows], table.prices[train_rows],
-                           [table.texts[i] for i in val_rows])
-    scores = dict(report["validation_smape"])
-    scores["tfidf_ridge"] = smape(table.prices[val_rows], baseline)
-    scores["median_price"] = report["baseline_median_smape"]
-    scores["training_wall_s"] = report["timings"]["total_s"]
-    scores["tfidf_ridge_fit_s"] = time.perf_counter() - started
+    baseline = np.zeros(len(rows))
+    for k in range(fold.max() + 1):
+        train_rows, held_out = rows[fold != k], rows[fold == k]
+        baseline[fold == k] = tfidf_ridge([table.texts[i] for i in train_rows], table.prices[train_rows],
+                                          [table.texts[i] for i in held_out])
+    predicted["tfidf_ridge (same folds)"] = baseline
+    print(f"TF-IDF + Ridge cross-fitted in {time.perf_counter() - started:.0f} s")
+    prices = table.prices[rows]
+    scores = {name: np.asarray([smape(prices[fold == k], values[fold == k]) for k in range(fold.max() + 1)])
+              for name, values in predicted.items()}
+    scores["all"] = {name: smape(prices, values) for name, values in predicted.items()}
     return scores
+
+
+def print_run(seed: int, run: Path, scores: dict) -> None:
+    report = RunDir(run).read_json(RunDir(run).report)
+    overall = scores.pop("all")
+    baseline = scores["tfidf_ridge (same folds)"]
+    honest = report["blend_cross_fitted_smape"]
+    print(f"\nseed {seed}: {report['rows']['labelled']} labelled rows, {report['folds']['k']} folds grouped by "
+          f"image_link (text encoder on {report['folds']['fine_tune_k']} folds); run {run}")
+    print(f"{'OOF SMAPE':<38}{'all rows':>9}{'folds min-max':>16}{'margin':>9}{'paired margin min-max':>24}")
+    rows = [(name, overall[name], per_fold) for name, per_fold in scores.items()]
+    rows.append(("blend, weights fitted on other folds", honest["all"], np.asarray(honest["folds"])))
+    for name, value, per_fold in rows:
+        paired = baseline - per_fold
+        print(f"{name:<38}{value:>9.2f}{per_fold.min():>9.2f}-{per_fold.max():<6.2f}"
+              f"{overall['tfidf_ridge (same folds)'] - value:>9.2f}{paired.min():>14.2f} to {paired.max():.2f}")
+    print(f"median price (other folds): {report['baseline_median_smape']:.2f}")
+    print("blend weights: " + ", ".join(f"{k} {v:.2f}" for k, v in report["blend_weights"]["fitted"].items()))
+    timings = report["timings"]
+    print("training wall time (s): " + ", ".join(f"{k.removesuffix('_s')} {v:.0f}" for k, v in timings.items())
+          + f"; feature store chunks computed {report['feature_store']['chunks_computed']}, "
+            f"reused {report['feature_store']['chunks_reused']}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed (two give the spread)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42], help="one run per seed")
     parser.add_argument("--output", type=Path, default=Path("runs/accuracy"))
     parser.add_argument("--csv", type=Path, default=DATA / "train.csv")
     parser.add_argument("--images", type=Path, default=DATA / "images")
     parser.add_argument("--retrain", action="store_true", help="retrain seeds that already have a run")
     args = parser.parse_args(argv)
 
+    table = read_catalog_csv(args.csv, with_prices=True, bad_prices="skip")
     runs: list[Path] = []
     for seed in args.seeds:
         runs.append(run_seed(args, seed, runs[0] if runs else None))
-    table = read_catalog_csv(args.csv, with_prices=True, bad_prices="skip")
-    scores = [score_run(run, table) for run in runs]
-
-    first = RunDir(runs[0])
-    report = first.read_json(first.report)
-    rows = report["rows"]
-    print(f"rows: {rows['total']}; split grouped by image_link: {rows['fit']} fit, {rows['blend']} blend, "
-          f"{rows['validation']} validation (run {runs[0]})")
-    names = [k for k in scores[0] if k not in ("training_wall_s", "tfidf_ridge_fit_s")]
-    header = "".join(f"{'seed ' + str(s):>10}" for s in args.seeds)
-    print(f"{'validation SMAPE':<20}{header}" + (f"{'spread':>10}" if len(runs) > 1 else ""))
-    for name in names:
-        values = [s[name] for s in scores]
-        spread = f"{max(values) - min(values):>10.2f}" if len(values) > 1 else ""
-        print(f"{name:<20}" + "".join(f"{v:>10.2f}" for v in values) + spread)
-    fitted = [s["blend_fitted"] for s in scores]
-    margin = [s["tfidf_ridge"] - s["blend_fitted"] for s in scores]
-    print(f"fitted blend: mean {statistics.mean(fitted):.2f}; better than TF-IDF + Ridge by "
-          + ", ".join(f"{m:.2f}" for m in margin) + " points")
-    print("training wall time (s): " + ", ".join(
-        f"seed {seed} {s['training_wall_s']:.0f}" + (" (feature store copied from the first seed)" if i else "")
-        for i, (seed, s) in enumerate(zip(args.seeds, scores))))
-    print("blend weights (seed {}): {}".format(
-        args.seeds[0], ", ".join(f"{k} {v:.2f}" for k, v in report["blend_weights"]["fitted"].items())))
+        print_run(seed, runs[-1], score_run(runs[-1], table))
     return 0
 
 

@@ -32,6 +32,7 @@ from client.table import CatalogTable, read_catalog_csv
 from client.text import length_batches
 from export.parity import load_session
 from export.pipeline import load_run
+from training.gbm import stack_features
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 
@@ -59,7 +60,7 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
     models = load_run(run_dir).models
     image_encoder, text_model, fusion, booster, lexical = (
         models[name] for name in (IMAGE_ENCODER, TEXT_ENCODER, FUSION, LIGHTGBM, LEXICAL))
-    tokenizer, index = deployment.tokenizer(), deployment.neighbour_index()
+    tokenizer, index, priors = deployment.tokenizer(), deployment.neighbour_index(), deployment.price_priors()
     settings = deployment.settings
     started = time.perf_counter()
     for row in range(len(table)):
@@ -72,15 +73,17 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
         else:
             image_embedding = torch.zeros(1, settings.image_dim)
         text_embedding, text_log_price = text_model(input_ids, attention_mask)
-        log_price, vector, features = fusion(
+        log_price, vector = fusion(
             image_embedding, text_embedding,
             torch.from_numpy(prepared.has_image[:, None]), torch.from_numpy(prepared.numeric_features),
         )
-        gbm = booster.predict(features.numpy())
+        lexical_log_price = lexical(input_ids, attention_mask).numpy()
+        gbm = booster.predict(stack_features(log_price.numpy(), text_log_price.numpy(), lexical_log_price,
+                                             prepared.has_image, prepared.numeric_features,
+                                             priors.features([table.texts[row]])))
         retrieval = index.estimate(vector.numpy(), k=settings.retrieval_k)
         components = component_matrix({"mlp": log_price.numpy(), "lightgbm": gbm, RETRIEVAL: retrieval,
-                                       "text_head": text_log_price.numpy(),
-                                       "lexical": lexical(input_ids, attention_mask).numpy()})
+                                       "text_head": text_log_price.numpy(), "lexical": lexical_log_price})
         to_price(blend(components, deployment.blend_weights))
     return len(table) / (time.perf_counter() - started)
 

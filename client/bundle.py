@@ -26,6 +26,7 @@ from pathlib import Path
 from client.blend import COMPONENTS
 from client.errors import BundleError
 from client.models import ModelDims
+from client.priors import PricePriors
 from client.retrieval import NeighbourIndex
 from client.text import TextTokenizer
 
@@ -35,6 +36,7 @@ MANIFEST_FILE = "manifest.json"
 SETTINGS_FILE = "settings.json"
 BLEND_FILE = "blend.json"
 TOKENIZER_FILE = "tokenizer.json"
+PRIORS_FILE = "price_priors.json"
 MODEL_FILE = "model.onnx"
 MODEL_SHA_PARAMETER = "model_sha256"
 
@@ -116,6 +118,17 @@ class Deployment:
 
     def neighbour_index(self) -> NeighbourIndex:
         return NeighbourIndex.load(self.bundle)
+
+    def price_priors(self) -> PricePriors:
+        """The brand and unit-price tables the stacker's price priors are computed from.
+
+        Raises:
+            BundleError: the file is unreadable or of another version.
+        """
+        try:
+            return PricePriors.load(self.bundle / PRIORS_FILE)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise BundleError(f"{self.bundle / PRIORS_FILE}: unusable ({error}); export the deployment again") from None
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Deployment:

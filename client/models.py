@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from client.blend import COMPONENT_OUTPUTS
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import IMAGE_SIZE
+from client.priors import PRIOR_FEATURE_NAMES
 
 MAX_BATCH_SIZE = 64
 RETRIEVAL_DIM = 256
@@ -24,6 +25,8 @@ LEXICAL = "lexical"
 ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
+# the estimates the LightGBM stacker reads, besides has_image, the numeric features and the price priors
+STACKED_ESTIMATES = ("mlp_log_price", "text_log_price", "lexical_log_price")
 # one log price per model-computed blend component and the retrieval vector (retrieval's query)
 ENSEMBLE_OUTPUTS = (*COMPONENT_OUTPUTS.values(), "retrieval_vector")
 
@@ -60,8 +63,9 @@ class ModelDims:
     image_size: int = IMAGE_SIZE
 
     @property
-    def gbm_dim(self) -> int:
-        return self.image_dim + self.text_dim + 1 + self.numeric_dim
+    def stack_dim(self) -> int:
+        """Width of the LightGBM stacker's feature vector: its inputs, concatenated in order."""
+        return len(STACKED_ESTIMATES) + 1 + self.numeric_dim + len(PRIOR_FEATURE_NAMES)
 
 
 def _same_names(*names: str) -> dict[str, str]:
@@ -79,9 +83,9 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     lexical_log_price = TensorSpec("lexical_log_price", "float32", (1,))
     has_image = TensorSpec("has_image", "float32", (1,))
     numeric = TensorSpec("numeric_features", "float32", (dims.numeric_dim,))
+    priors = TensorSpec("price_priors", "float32", (len(PRIOR_FEATURE_NAMES),))
     mlp_log_price = TensorSpec("mlp_log_price", "float32", (1,))
     retrieval_vector = TensorSpec("retrieval_vector", "float32", (RETRIEVAL_DIM,))
-    gbm_features = TensorSpec("gbm_features", "float32", (dims.gbm_dim,))
     gbm_log_price = TensorSpec("gbm_log_price", "float32", (1,))
 
     tokens = _same_names("input_ids", "attention_mask")
@@ -90,9 +94,10 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     fusion_step = (
         FUSION,
         _same_names("image_embedding", "text_embedding", "has_image", "numeric_features"),
-        _same_names("mlp_log_price", "retrieval_vector", "gbm_features"),
+        _same_names("mlp_log_price", "retrieval_vector"),
     )
-    gbm_step = (LIGHTGBM, _same_names("gbm_features"), _same_names("gbm_log_price"))
+    stacker_inputs = (mlp_log_price, text_log_price, lexical_log_price, has_image, numeric, priors)
+    gbm_step = (LIGHTGBM, _same_names(*(t.name for t in stacker_inputs)), _same_names("gbm_log_price"))
     by_name = {t.name: t for t in (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)}
     outputs = tuple(by_name[name] for name in ENSEMBLE_OUTPUTS)
     models = [
@@ -100,11 +105,12 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
         ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding, text_log_price)),
         ModelSpec(LEXICAL, (input_ids, attention_mask), (lexical_log_price,)),
         ModelSpec(FUSION, (image_embedding, text_embedding, has_image, numeric),
-                  (mlp_log_price, retrieval_vector, gbm_features)),
-        ModelSpec(LIGHTGBM, (gbm_features,), (gbm_log_price,)),
+                  (mlp_log_price, retrieval_vector)),
+        # the stacker: LightGBM on the other models' estimates (a Concat node in front of the trees)
+        ModelSpec(LIGHTGBM, stacker_inputs, (gbm_log_price,)),
         ModelSpec(
             ENSEMBLE,
-            (image, has_image, input_ids, attention_mask, numeric),
+            (image, has_image, input_ids, attention_mask, numeric, priors),
             outputs,
             steps=((IMAGE_ENCODER, _same_names("image"), _same_names("image_embedding")),
                    text_step, lexical_step, fusion_step, gbm_step),
@@ -112,7 +118,7 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
         # Rows without an image skip the image encoder: the client sends zero embeddings.
         ModelSpec(
             TEXT_ONLY_ENSEMBLE,
-            (image_embedding, has_image, input_ids, attention_mask, numeric),
+            (image_embedding, has_image, input_ids, attention_mask, numeric, priors),
             outputs,
             steps=(text_step, lexical_step, fusion_step, gbm_step),
         ),

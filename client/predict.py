@@ -99,6 +99,7 @@ class Wave:
     image_status: list[str]
     token_ids: list[np.ndarray]
     numeric: np.ndarray
+    priors: np.ndarray
     ocr_chars: list[int]
     warnings: list[list[str]]
     seconds: float = 0.0
@@ -172,6 +173,7 @@ class Predictor:
         self.tokenizer = deployment.tokenizer()
         self.index = deployment.neighbour_index()
         self.index.use_gpu()
+        self.priors = deployment.price_priors()
         self.weights = np.asarray(deployment.blend_weights)
         self.stop = threading.Event()
 
@@ -193,6 +195,7 @@ class Predictor:
             image_status=prepared.image_status,
             token_ids=prepared.token_ids,
             numeric=prepared.numeric_features,
+            priors=self.priors.features([table.texts[r] for r in rows]),
             ocr_chars=[len(o) for o in prepared.ocr_texts],
             warnings=[_row_warnings(table.texts[r], i.status, i.detail) for r, i in zip(rows, prepared.images)],
             seconds=time.perf_counter() - started,
@@ -213,6 +216,7 @@ class Predictor:
                     "input_ids": input_ids,
                     "attention_mask": attention_mask,
                     "numeric_features": wave.numeric[chosen],
+                    "price_priors": wave.priors[chosen],
                 }
                 if with_image:
                     inputs["image"] = np.stack([wave.pixels[p] for p in chosen])

@@ -12,7 +12,15 @@ CARD_FILE = "MODEL_CARD.md"
 
 def write_model_card(root: Path, config: TrainConfig, report: dict, details: dict, settings: ServingSettings) -> Path:
     rows = report["rows"]
-    smape_rows = "\n".join(f"| {name} | {value:.2f} |" for name, value in report["validation_smape"].items())
+    oof = report["oof_smape"]
+    smape_rows = "\n".join(
+        f"| {name} | {score['all']:.2f} | {min(score['folds']):.2f}-{max(score['folds']):.2f} | "
+        f"{report['validation_smape'][name]:.2f} |" if report["validation_smape"] else
+        f"| {name} | {score['all']:.2f} | {min(score['folds']):.2f}-{max(score['folds']):.2f} | - |"
+        for name, score in oof.items()
+    )
+    folds = report["folds"]
+    honest_blend = report["blend_cross_fitted_smape"]
     parity_rows = "\n".join(
         f"| {p['model']} | {p['output']} | {p['metric']} | {p['value']:.6g} | {p['bound']:g} | "
         f"{p['max_abs_diff']:.3g} | {p['batch_max_abs_diff']:.3g} | {'yes' if p['passed'] else 'NO'} |"
@@ -25,10 +33,10 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
 
 ## Training data
 - CSV: `{config.csv}`; images: `{config.images_dir}`
-- Rows: {rows['total']}, split grouped by image_link (seed {config.seed}): {rows['fit']} fit rows
-  (every component trains on these only), {rows['blend']} blend rows (unseen by every component;
-  the blend weights are fitted on them), {rows['validation']} validation rows (only scored);
-  rows skipped for a bad price: {rows['skipped_bad_price']}
+- Rows: {rows['total']}; every model was refitted on all {rows['labelled']} labelled rows after
+  cross-fitting on {folds['k']} folds grouped by image_link (seed {config.seed}; the text encoder's
+  fine-tuning on {folds['fine_tune_k']} grouped folds of its own); {rows['validation']} validation rows held out
+  from everything; rows skipped for a bad price: {rows['skipped_bad_price']}
 - Images usable: {report['images']['with_image']}; OCR engine `{config.ocr_engine}`, text found on
   {report['ocr']['rows_with_text']} images
 
@@ -37,18 +45,25 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
   uint8 {settings.image_size}x{settings.image_size} RGB)
 - Text encoder: `{details['source_models']['base_text_encoder']['name']}` fine-tuned on log1p(price) with a linear price head
   ({settings.text_dim}-d, {pooling} pooling, at most {settings.max_tokens} tokens)
-- Fusion MLP and LightGBM on log1p(price) over the fine-tuned embeddings; FAISS retrieval
-  (k={settings.retrieval_k}) over the fit rows; lexical model: TF-IDF of hashed word-piece
-  n-grams + Ridge
+- Fusion MLP on log1p(price) over the fine-tuned embeddings, the image embedding and catalogue
+  features; FAISS retrieval (k={settings.retrieval_k}) over every labelled row; lexical model:
+  TF-IDF of hashed word-piece n-grams + Ridge; a LightGBM stacker over the MLP's, text head's and
+  lexical model's estimates, the catalogue features and price priors (brand and unit-price means
+  of the labelled rows), trained on their out-of-fold values
 - Blend weights in use: {weights}
 
-## Validation SMAPE (0-200, lower is better)
-| estimate | SMAPE |
-|---|---|
+## SMAPE (0-200, lower is better)
+Out of fold: each row estimated by models that never saw it (fitted on the other folds).
+Validation: the deployed models on the held-out rows, when there are any.
+
+| estimate | out of fold | folds min-max | validation |
+|---|---|---|---|
 {smape_rows}
 
-No model or blend weight was fitted on these rows; the median-price baseline scores
-{report['baseline_median_smape']:.2f} on them.
+The fitted blend's weights were fitted on these same OOF estimates; fitted on the other folds
+only and scored on each fold in turn it scores {honest_blend['all']:.2f}
+({min(honest_blend['folds']):.2f}-{max(honest_blend['folds']):.2f}). Predicting the other folds'
+median price scores {report['baseline_median_smape']:.2f}.
 
 ## Export parity (ONNX Runtime CPU vs PyTorch / LightGBM, real rows, files reloaded)
 | model | output | metric | value | bound | max abs diff | max diff across batch sizes {list(details['parity'][0]['batch_sizes'])} | passed |
@@ -59,7 +74,7 @@ No model or blend weight was fitted on these rows; the median-price baseline sco
 - Offline, the image encoder is ImageNet EfficientNet-Lite0, not CLIP: no CLIP weights load
   without a model hub. Production should train with `--image-encoder openai/clip-vit-base-patch32`.
 - Prices are predicted in log space and floored at 0.01.
-- Trained on {rows['fit']} rows; accuracy on other catalogues is unmeasured.
+- Trained on {rows['labelled']} rows; accuracy on other catalogues is unmeasured.
 """
     path = root / CARD_FILE
     path.write_text(text)

@@ -120,7 +120,8 @@ class TorchExporter(OnnxExporter):
 
 
 class LightGbmExporter(OnnxExporter):
-    """Converts a LightGBM booster with onnxmltools (ai.onnx.ml TreeEnsembleRegressor).
+    """Converts the LightGBM stacker with onnxmltools (ai.onnx.ml TreeEnsembleRegressor), behind a
+    Concat node that joins the spec's inputs into the one feature vector the trees read.
 
     With `split`, the trees go into TreeEnsemble nodes of at most that many trees whose outputs
     are summed, which bounds the float32 accumulation error of large ensembles (onnxmltools
@@ -128,32 +129,48 @@ class LightGbmExporter(OnnxExporter):
     converter names its output `variable`; it is renamed to the spec's output name.
     """
 
+    FEATURES = "stack_features"
+
     def __init__(self, dims: ModelDims, split: int | None = 100, tolerance: Tolerance = FractionWithin()):
         super().__init__(LIGHTGBM, dims, {"gbm_log_price": tolerance})
         self.split = split
 
     def export(self, booster: lgb.Booster, path: Path) -> Path:
         from onnxmltools import convert_lightgbm
-
-        booster = float32_exact_thresholds(booster)
         from onnxmltools.convert.common.data_types import FloatTensorType
 
-        (feature,) = self.spec.inputs
+        booster = float32_exact_thresholds(booster)
         (output,) = self.spec.outputs
         onnx_model = convert_lightgbm(
             booster,
-            initial_types=[(feature.name, FloatTensorType([None, feature.shape[0]]))],
+            initial_types=[(self.FEATURES, FloatTensorType([None, self.dims.stack_dim]))],
             split=self.split if self.split and booster.num_trees() > self.split else None,
         )
         produced = onnx_model.graph.output[0].name
         for node in onnx_model.graph.node:
             node.output[:] = [output.name if name == produced else name for name in node.output]
         onnx_model.graph.output[0].name = output.name
+        graph = onnx_model.graph
+        graph.node.insert(0, onnx.helper.make_node(
+            "Concat", [t.name for t in self.spec.inputs], [self.FEATURES], axis=1, name="join_stack_features"))
+        del graph.input[:]
+        graph.input.extend(onnx.helper.make_tensor_value_info(t.name, onnx.TensorProto.FLOAT, [None, *t.shape])
+                           for t in self.spec.inputs)
         self._declare_shapes(onnx_model)
         onnx.checker.check_model(onnx_model, full_check=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         onnx.save(onnx_model, str(path))
         return path
+
+
+def split_stack_features(matrix: np.ndarray, dims: ModelDims) -> dict[str, np.ndarray]:
+    """The stacker's feature rows (training.gbm.stack_features) as the served model's named inputs."""
+    inputs, start = {}, 0
+    for tensor in served_models(dims)[LIGHTGBM].inputs:
+        (width,) = tensor.shape
+        inputs[tensor.name] = np.ascontiguousarray(matrix[:, start : start + width], dtype=np.float32)
+        start += width
+    return inputs
 
 
 def exporters(dims: ModelDims) -> dict[str, OnnxExporter]:
@@ -165,8 +182,7 @@ def exporters(dims: ModelDims) -> dict[str, OnnxExporter]:
         IMAGE_ENCODER: TorchExporter(IMAGE_ENCODER, dims, {"image_embedding": EMBEDDING}),
         TEXT_ENCODER: TorchExporter(TEXT_ENCODER, dims, {"text_embedding": EMBEDDING, "text_log_price": LOG_PRICE}),
         LEXICAL: TorchExporter(LEXICAL, dims, {"lexical_log_price": LOG_PRICE}),
-        FUSION: TorchExporter(FUSION, dims, {"mlp_log_price": LOG_PRICE, "retrieval_vector": EMBEDDING,
-                                             "gbm_features": LOG_PRICE}),
+        FUSION: TorchExporter(FUSION, dims, {"mlp_log_price": LOG_PRICE, "retrieval_vector": EMBEDDING}),
         LIGHTGBM: LightGbmExporter(dims),
     }
 

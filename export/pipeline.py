@@ -26,6 +26,7 @@ from client.bundle import (
     BUNDLE_DIR,
     MANIFEST_FILE,
     MODEL_FILE,
+    PRIORS_FILE,
     REPOSITORY_DIR,
     TOKENIZER_FILE,
     ServingSettings,
@@ -38,9 +39,8 @@ from client.errors import InputError
 from client.images import ImageFetcher, load_images
 from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
 from client.retrieval import NeighbourIndex
-from client.table import read_catalog_csv
 from export.model_card import write_model_card
-from export.onnx_export import OnnxExporter, exporters, onnx_opsets
+from export.onnx_export import OnnxExporter, exporters, onnx_opsets, split_stack_features
 from export.parity import ParityResult, check_graph, raise_on_failure
 from export.triton_config import write_repository_configs
 from training.config import TrainConfig
@@ -48,8 +48,9 @@ from training.encoders import load_image_encoder, make_tokenizer
 from training.features import extract_features
 from training.finetune import load_regressor
 from training.fusion import load_fusion
-from training.gbm import gbm_features, load_gbm
+from training.gbm import load_gbm
 from training.lexical import load_lexical
+from training.pipeline import read_training_table
 from training.report import package_versions
 from training.run_dir import RunDir
 from training.sentence_folder import read_sentence_folder
@@ -130,9 +131,10 @@ def export_graphs(loaded: LoadedRun, repository: Path) -> dict[str, Path]:
 @torch.inference_mode()
 def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = PARITY_ROWS) -> list[ParityResult]:
     """Compares each exported graph with its source model on real rows of the training data:
-    `parity_rows` rows for the encoders and the lexical model, every row for fusion and LightGBM."""
+    `parity_rows` rows for the encoders and the lexical model, every row for fusion and the
+    LightGBM stacker (the out-of-fold inputs it was trained on)."""
     config, run, models = loaded.config, loaded.run, loaded.models
-    table = read_catalog_csv(config.csv, with_prices=True, bad_prices="skip", encoding=config.csv_encoding)
+    table = read_training_table(config)
     fetcher = ImageFetcher(config.images_dir, cache_dir=run.image_cache, policy=config.link_policy())
     features = extract_features(table, fetcher, run.features, config.feature_settings())
     progress = tqdm(total=len(paths), desc="parity", unit="model")
@@ -162,13 +164,12 @@ def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = P
     inputs = features.fusion_inputs(np.load(run.text_embeddings))
     fusion_inputs = dict(zip(("image_embedding", "text_embedding", "has_image", "numeric_features"),
                              (t.numpy() for t in inputs.tensors())))
-    log_price, vectors, gbm_vector = (t.numpy() for t in models[FUSION](*inputs.tensors()))
-    results += check(FUSION, fusion_inputs,
-                     {"mlp_log_price": log_price, "retrieval_vector": vectors, "gbm_features": gbm_vector})
+    log_price, vectors = (t.numpy() for t in models[FUSION](*inputs.tensors()))
+    results += check(FUSION, fusion_inputs, {"mlp_log_price": log_price, "retrieval_vector": vectors})
 
-    matrix = gbm_features(inputs)
-    results += check(LIGHTGBM, {"gbm_features": matrix},
-                     {"gbm_log_price": models[LIGHTGBM].predict(matrix).reshape(-1, 1)})
+    stacked = np.load(run.stack_features)  # the rows the stacker was trained on
+    results += check(LIGHTGBM, split_stack_features(stacked, loaded.dims),
+                     {"gbm_log_price": models[LIGHTGBM].predict(stacked).reshape(-1, 1)})
     progress.close()
     return results
 
@@ -192,6 +193,7 @@ def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], pa
         if (tokenizer_dir / name).is_file():  # special_tokens_map.json: not written by transformers >= 5
             shutil.copy(tokenizer_dir / name, bundle / name)
     NeighbourIndex.load(run.retrieval).save(bundle)
+    shutil.copy(run.price_priors, bundle / PRIORS_FILE)
     run_blend = run.read_json(run.blend)
     weights = run_blend[f"{run_blend['use']}_weights"]
     (bundle / BLEND_FILE).write_text(json.dumps({"components": list(COMPONENTS), "weights": weights,
@@ -211,6 +213,7 @@ def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], pa
         "opsets": {name: onnx_opsets(path) for name, path in paths.items()},
         "versions": package_versions(),
         "parity": [r.as_dict() for r in parity],
+        "oof_smape": {name: score["all"] for name, score in report["oof_smape"].items()},
         "validation_smape": report["validation_smape"],
         "tensorrt_fp16": tensorrt_fp16,
     }

@@ -27,7 +27,7 @@ def test_parity_figures_meet_the_bounds_for_every_graph(deployment):
     checked = {(p["model"], p["output"]) for p in manifest["parity"]}
     assert checked == {("image_encoder", "image_embedding"), ("text_encoder", "text_embedding"),
                        ("text_encoder", "text_log_price"), ("lexical", "lexical_log_price"),
-                       ("fusion", "mlp_log_price"), ("fusion", "retrieval_vector"), ("fusion", "gbm_features"),
+                       ("fusion", "mlp_log_price"), ("fusion", "retrieval_vector"),
                        ("lightgbm", "gbm_log_price")}
     for parity in manifest["parity"]:
         assert parity["passed"], parity
@@ -136,10 +136,11 @@ def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
     down the other branch; the exporter rounds each threshold down instead."""
     import lightgbm as lgb
 
-    from export.onnx_export import LightGbmExporter
+    from export.onnx_export import LightGbmExporter, split_stack_features
 
+    dims = ModelDims(numeric_dim=1)  # the stacker reads 3 estimates, has_image, 1 numeric feature and the priors
     rng = np.random.default_rng(0)
-    features = rng.normal(size=(2000, 4)).astype(np.float32)
+    features = rng.normal(size=(2000, dims.stack_dim)).astype(np.float32)
     target = features[:, 0] * 2 + np.sin(features[:, 1] * 3)
     booster = lgb.train({"objective": "regression", "num_leaves": 31, "verbosity": -1, "seed": 0},
                         lgb.Dataset(features, target), num_boost_round=50)
@@ -159,9 +160,8 @@ def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
     assert len(rows) > 20
     rows = np.stack(rows)
 
-    dims = ModelDims(image_dim=1, text_dim=1, numeric_dim=1)  # gbm_dim = 4
     path = LightGbmExporter(dims).export(booster, tmp_path / "lightgbm.onnx")
-    exported = load_session(str(path)).run(None, {"gbm_features": rows})[0][:, 0]
+    exported = load_session(str(path)).run(None, split_stack_features(rows, dims))[0][:, 0]
     np.testing.assert_allclose(exported, booster.predict(rows), atol=1e-5)
 
 

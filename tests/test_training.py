@@ -15,26 +15,27 @@ from tests.conftest import SAMPLE, TRUNCATED_SAMPLE_IDS
 from training import features as features_module
 from training.config import TrainConfig
 from training.features import extract_features
-from training.pipeline import grouped_split, image_groups
+from training.folds import grouped_split, image_groups
 
 
 def test_run_writes_every_artifact(sample_run):
     for name in ("text_encoder/model.safetensors", "text_encoder/price_head.safetensors", "text_encoder/tokenizer.json",
                  "text_embeddings.npy", "fusion.safetensors", "fusion.json", "lightgbm.txt", "lexical.safetensors",
-                 "lexical.json", "retrieval.faiss", "retrieval_log_prices.npy", "blend.json", "split.json",
-                 "validation_predictions.csv", "report.json", "run.json", "plots/predicted_vs_actual.png",
+                 "lexical.json", "retrieval.faiss", "retrieval_log_prices.npy", "blend.json", "folds.json",
+                 "stack_features.npy", "oof_predictions.csv", "validation_predictions.csv", "report.json", "run.json", "plots/predicted_vs_actual.png",
                  "plots/smape_by_price_decile.png"):
         assert (sample_run / name).is_file(), name
 
 
 def test_report_has_smape_per_component_and_blend(sample_run):
     report = json.loads((sample_run / "report.json").read_text())
-    assert set(report["validation_smape"]) == {*COMPONENTS, "blend_seed", "blend_fitted"}
-    for value in report["validation_smape"].values():
-        assert 0 < value < 200
+    for scores in (report["validation_smape"], {k: v["all"] for k, v in report["oof_smape"].items()}):
+        assert set(scores) == {*COMPONENTS, "blend_seed", "blend_fitted"}
+        for value in scores.values():
+            assert 0 < value < 200
     rows = report["rows"]
-    assert rows["fit"] + rows["blend"] + rows["validation"] == rows["total"] == 300
-    assert min(rows["fit"], rows["blend"], rows["validation"]) > 0
+    assert rows["labelled"] + rows["validation"] == rows["total"] == 300
+    assert min(rows["labelled"], rows["validation"]) > 0
     weights = report["blend_weights"]["fitted"]
     assert min(weights.values()) >= 0 and sum(weights.values()) == pytest.approx(1.0)
 

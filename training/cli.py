@@ -1,9 +1,11 @@
 """`train`: train every model of the price predictor on a labelled catalogue CSV (+ images).
 
-Extracts image embeddings, OCR text and catalogue features, fine-tunes the text encoder on
-log1p(price), trains the fusion MLP, LightGBM, the lexical model and the retrieval index on the
-fit rows, fits the blend weights on the blend rows and scores everything on the validation rows.
-Writes every artifact `export-bundle` needs, report.json and plots into the output folder.
+Extracts image embeddings, OCR text and catalogue features; cross-fits every model on K folds
+grouped by image_link (the fine-tuned text encoder, the fusion MLP, retrieval, the lexical model
+and the LightGBM stacker), so each labelled row gets out-of-fold estimates from models that never
+saw it; fits the blend weights on those; then refits every model on all labelled rows. Writes
+every artifact `export-bundle` needs, report.json (out-of-fold SMAPE with the folds' spread) and
+plots into the output folder.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from client.commands.options import add_encoding_option, add_link_options
+from client.commands.options import add_encoding_option, add_link_options, fraction, int_at_least
 from client.errors import InputError, MissingDependencyError
 from client.ocr import OCR_ENGINES
 from training.config import TrainConfig
@@ -49,12 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     models.add_argument("--max-tokens", type=int, default=TrainConfig.max_tokens,
                         help="longest token sequence the text models read (longer texts are cut)")
 
-    split = parser.add_argument_group("split (grouped by image_link)")
-    split.add_argument("--val-fraction", type=float, default=TrainConfig.val_fraction,
-                       help="share of the rows held out for the validation figures only")
-    split.add_argument("--blend-fraction", type=float, default=TrainConfig.blend_fraction,
-                       help="share of the non-validation rows held out from every component to fit the blend on")
-    split.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the split and of every model")
+    split = parser.add_argument_group("cross-fitting (folds grouped by image_link)")
+    split.add_argument("--folds", type=int_at_least(2), default=TrainConfig.folds,
+                       help="K: folds of the out-of-fold estimates")
+    split.add_argument("--fine-tune-folds", type=int_at_least(2), default=TrainConfig.fine_tune_folds,
+                       help="folds of the text encoder's fine-tuning, the costly stage (grouped, like K)")
+    split.add_argument("--val-fraction", type=fraction, default=TrainConfig.val_fraction,
+                       help="share of the rows held out from everything and scored by the deployed models "
+                            "(0: every row trains the models)")
+    split.add_argument("--seed", type=int, default=TrainConfig.seed, help="seed of the folds and of every model")
 
     training = parser.add_argument_group("training")
     training.add_argument("--fine-tune-epochs", type=int, default=FineTuneSettings.epochs,
@@ -62,9 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--fine-tune-lr", type=float, default=FineTuneSettings.learning_rate,
                           help="text encoder learning rate (peak, after linear warm-up)")
     training.add_argument("--epochs", type=int, default=FusionSettings.max_epochs,
-                          help="fusion MLP epochs (the best epoch on the blend rows is kept)")
+                          help="fusion MLP epochs at most (the count with the best out-of-fold SMAPE is kept)")
     training.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds,
-                          help="LightGBM rounds at most (early stopping on the blend rows)")
+                          help="LightGBM stacker rounds at most (early stopping on the folds' held-out rows)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="more log lines: -v for INFO, -vv for DEBUG (default: warnings only)")
     add_link_options(parser)
@@ -93,8 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         text_encoder=args.text_encoder,
         ocr_engine=args.ocr,
         max_tokens=args.max_tokens,
+        folds=args.folds,
+        fine_tune_folds=args.fine_tune_folds,
         val_fraction=args.val_fraction,
-        blend_fraction=args.blend_fraction,
         seed=args.seed,
         bad_prices="skip" if args.skip_bad_prices else "refuse",
         limit_rows=args.limit_rows,
@@ -121,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ntrain: interrupted; finished image features and OCR are cached in {args.output}/features "
               "and are reused when the same command runs again", file=sys.stderr)
         return 130
-    summary = {k: round(v, 2) for k, v in report["validation_smape"].items()}
-    print(json.dumps({"validation_smape": summary, "rows": report["rows"],
+    summary = {name: round(score["all"], 2) for name, score in report["oof_smape"].items()}
+    print(json.dumps({"oof_smape": summary, "rows": report["rows"],
                       "seconds": round(report["timings"]["total_s"], 1)}, indent=2))
     return 0
 

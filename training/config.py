@@ -35,8 +35,9 @@ class TrainConfig:
     text_encoder: str = OFFLINE_TEXT_ENCODER
     ocr_engine: str = "rapidocr"
     max_tokens: int = 128
-    val_fraction: float = 0.2
-    blend_fraction: float = 0.15  # of the rows left after validation
+    folds: int = 5
+    fine_tune_folds: int = 2  # the text encoder's own grouped folds: fine-tuning is the costly stage
+    val_fraction: float = 0.0  # an optional held-out part, scored by the deployed (refitted) models only
     seed: int = 42
     bad_prices: BadPricePolicy = "refuse"
     limit_rows: int | None = None

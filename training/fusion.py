@@ -1,15 +1,14 @@
 """The fusion MLP: image and text embeddings, has_image flag and catalogue features -> log price.
 
-Besides the log1p(price) it returns, for serving in one graph, the L2-normalised retrieval
-vector (its last hidden layer) and the float32 feature vector LightGBM takes, so the Triton
-ensemble needs no extra step between the fusion model and LightGBM.
+Besides the log1p(price) it returns the L2-normalised retrieval vector (its last hidden layer),
+the query of the client's nearest-neighbour search.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -19,8 +18,6 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
-
-from client.blend import smape, to_price
 
 
 @dataclass(frozen=True)
@@ -42,7 +39,7 @@ class FusionMLP(nn.Module):
     """Inputs: image_embedding [B, Di], text_embedding [B, Dt], has_image [B, 1],
     numeric_features [B, F] (all float32).
 
-    Outputs: (log_price [B, 1], retrieval_vector [B, 256] unit length, gbm_features [B, Di+Dt+1+F]).
+    Outputs: (log_price [B, 1], retrieval_vector [B, 256] unit length).
     Numeric features are standardised inside the module with statistics of the training rows.
     """
 
@@ -76,17 +73,17 @@ class FusionMLP(nn.Module):
         text_embedding: torch.Tensor,
         has_image: torch.Tensor,
         numeric_features: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        gbm_features = torch.cat([image_embedding, text_embedding, has_image, numeric_features], dim=1)
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         standardised = (numeric_features - self.numeric_mean) / self.numeric_std
         hidden = self.body(torch.cat([image_embedding, text_embedding, has_image, standardised], dim=1))
         log_price = self.head(self.dropout(hidden))
-        return log_price, F.normalize(hidden, p=2.0, dim=1), gbm_features
+        return log_price, F.normalize(hidden, p=2.0, dim=1)
 
 
 @dataclass(frozen=True)
 class FusionSettings:
-    """Optimisation settings (the seed's: AdamW, lr 1e-3, batch 64, up to 8 epochs)."""
+    """Optimisation settings (the seed's: AdamW, lr 1e-3, batch 64, up to 8 epochs; cross-fitting
+    picks the epoch count, see training.pipeline)."""
 
     learning_rate: float = 1e-3
     weight_decay: float = 1e-2
@@ -120,14 +117,19 @@ def train_fusion(
     inputs: FusionInputs,
     log_prices: np.ndarray,
     train_rows: np.ndarray,
-    val_rows: np.ndarray,
     settings: FusionSettings = FusionSettings(),
+    epochs: int | None = None,
+    on_epoch: Callable[[int, FusionMLP], None] | None = None,
 ) -> tuple[FusionMLP, list[dict]]:
-    """Trains on `train_rows` with an L1 loss on log1p(price) (it tracks SMAPE), keeping the
-    epoch with the best validation SMAPE.
+    """Trains on `train_rows` with an L1 loss on log1p(price) (it tracks SMAPE), for `epochs`
+    epochs (default: `settings.max_epochs`); no other row is looked at.
+
+    Args:
+        on_epoch: called after each epoch with its number and the model (in eval mode), e.g. to
+            score held-out rows for the choice of the epoch count.
 
     Returns:
-        (model in eval mode, per-epoch history of losses and validation SMAPE).
+        (model in eval mode, per-epoch history of training loss and seconds).
     """
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
@@ -141,10 +143,9 @@ def train_fusion(
         model.head.bias.fill_(float(log_prices[train_rows].mean()))
     optimiser = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     targets = torch.from_numpy(log_prices.astype(np.float32)).view(-1, 1)
-    val_prices = np.expm1(log_prices[val_rows])
 
-    best_state, best_score, history = None, np.inf, []
-    progress = tqdm(range(1, settings.max_epochs + 1), desc="fusion MLP", unit="epoch")
+    history = []
+    progress = tqdm(range(1, (epochs or settings.max_epochs) + 1), desc="fusion MLP", unit="epoch", leave=False)
     for epoch in progress:
         started = time.perf_counter()
         model.train()
@@ -154,21 +155,16 @@ def train_fusion(
             batch = order[start : start + settings.batch_size]
             if len(batch) < 2:  # BatchNorm needs two rows in training mode
                 continue
-            log_price, _, _ = model(*inputs.tensors(batch))
+            log_price, _ = model(*inputs.tensors(batch))
             loss = F.l1_loss(log_price, targets[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             total += loss.item() * len(batch)
-        val_smape = smape(val_prices, to_price(predict_fusion(model, inputs, val_rows)[0]))
-        history.append(
-            {"epoch": epoch, "train_l1": total / len(order), "val_smape": val_smape,
-             "seconds": time.perf_counter() - started}
-        )
-        progress.set_postfix(train_l1=f"{history[-1]['train_l1']:.4f}", blend_smape=f"{val_smape:.2f}")
-        if val_smape < best_score:
-            best_score, best_state = val_smape, copy.deepcopy(model.state_dict())
-    model.load_state_dict(best_state)
+        history.append({"epoch": epoch, "train_l1": total / len(order), "seconds": time.perf_counter() - started})
+        progress.set_postfix(train_l1=f"{history[-1]['train_l1']:.4f}")
+        if on_epoch is not None:
+            on_epoch(epoch, model.eval())
     return model.eval(), history
 
 
@@ -181,7 +177,7 @@ def predict_fusion(
     indices = np.arange(len(inputs))[rows]
     log_prices, vectors = [], []
     for start in range(0, len(indices), batch_size):
-        log_price, vector, _ = model(*inputs.tensors(indices[start : start + batch_size]))
+        log_price, vector = model(*inputs.tensors(indices[start : start + batch_size]))
         log_prices.append(log_price[:, 0].numpy())
         vectors.append(vector.numpy())
     return np.concatenate(log_prices), np.concatenate(vectors)

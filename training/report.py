@@ -1,4 +1,4 @@
-"""Report helpers: package versions, validation predictions and plots."""
+"""Report helpers: package versions, prediction tables and plots."""
 
 from __future__ import annotations
 
@@ -27,16 +27,16 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def write_validation_predictions(
-    path: Path, sample_ids: list[str], prices: np.ndarray, predictions: dict[str, np.ndarray]
-) -> Path:
-    """One row per validation product: its price and every component's and blend's prediction."""
+def write_predictions(path: Path, sample_ids: list[str], prices: np.ndarray, predictions: dict[str, np.ndarray],
+                      folds: np.ndarray | None = None) -> Path:
+    """One row per product: its price, its fold (when given) and every component's and blend's prediction."""
     names = list(predictions)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["sample_id", "price", *names])
+        writer.writerow(["sample_id", "price", *(["fold"] if folds is not None else []), *names])
         for row, sample_id in enumerate(sample_ids):
-            writer.writerow([sample_id, f"{prices[row]:.6g}", *(f"{predictions[n][row]:.6f}" for n in names)])
+            fold = [int(folds[row])] if folds is not None else []
+            writer.writerow([sample_id, f"{prices[row]:.6g}", *fold, *(f"{predictions[n][row]:.6f}" for n in names)])
     return path
 
 
@@ -55,7 +55,7 @@ def write_plots(directory: Path, prices: np.ndarray, predicted: np.ndarray) -> l
     low, high = min(prices.min(), predicted.min()), max(prices.max(), predicted.max())
     ax.plot([low, high], [low, high], color="black", linewidth=1)
     ax.set(xscale="log", yscale="log", xlabel="actual price", ylabel="predicted price",
-           title="Validation: predicted vs actual")
+           title="Out of fold: predicted vs actual")
     fig.tight_layout()
     fig.savefig(scatter_path, dpi=110)
     plt.close(fig)
@@ -66,7 +66,7 @@ def write_plots(directory: Path, prices: np.ndarray, predicted: np.ndarray) -> l
     per_decile = [errors[decile == d].mean() if np.any(decile == d) else 0.0 for d in range(10)]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.bar(range(1, 11), per_decile)
-    ax.set(xlabel="price decile (1 = cheapest)", ylabel="SMAPE", title="Validation SMAPE by price decile")
+    ax.set(xlabel="price decile (1 = cheapest)", ylabel="SMAPE", title="Out-of-fold SMAPE by price decile")
     fig.tight_layout()
     fig.savefig(decile_path, dpi=110)
     plt.close(fig)

@@ -4,18 +4,26 @@
 
     features/               feature store (image embeddings, OCR cache, catalogue features)
     image_cache/            downloaded images
+    The deployed models, each refitted on every labelled row:
     text_encoder/           the fine-tuned text encoder (sentence-transformers folder + tokenizer)
                             and its price head
     text_embeddings.npy     its embedding of every row
+    text_stage.npz, .json   the text encoder stage's OOF and refit outputs, under a fingerprint of
+                            what they depend on (reused by a rerun that changes later stages only)
     fusion.safetensors      fusion MLP weights + fusion.json (architecture)
-    lightgbm.txt            LightGBM model (its own text format)
+    lightgbm.txt            the LightGBM stacker (its own text format)
+    price_priors.json       the brand and unit-price tables the stacker's priors come from
     lexical.safetensors     hashed n-gram TF-IDF + Ridge + lexical.json (settings)
-    retrieval.faiss         FAISS IndexFlatIP of the fit rows' retrieval vectors
+    retrieval.faiss         FAISS IndexFlatIP of the labelled rows' retrieval vectors
     retrieval_*.npy         their log prices and image groups
-    blend.json              seed and fitted blend weights
-    split.json              fit / blend / validation sample ids
-    validation_predictions.csv
-    report.json, plots/     SMAPE per component and blend, coverage, timings
+    blend.json              seed and fitted blend weights (fitted on the OOF estimates)
+
+    What the cross-fitting measured:
+    folds.json              the fold of every labelled sample id, and the held-out validation ids
+    stack_features.npy      the stacker's OOF input rows (labelled rows, in table order)
+    oof_predictions.csv     every labelled row's out-of-fold estimate per component and blend
+    validation_predictions.csv  the deployed models' predictions of the validation rows (if any)
+    report.json, plots/     OOF SMAPE per component and blend with the folds' spread, timings
     run.json                settings, seeds, package versions, model identities
 """
 
@@ -26,7 +34,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from client.errors import InputError
+from client.files import atomic_write
 from training.config import TrainConfig
 
 
@@ -57,6 +68,27 @@ class RunDir:
         return self.root / "text_embeddings.npy"
 
     @property
+    def text_stage(self) -> Path:
+        return self.root / "text_stage.npz"
+
+    def write_text_stage(self, fingerprint: str, oof: np.ndarray, served: np.ndarray, history: list[dict]) -> None:
+        """Keeps the text encoder stage's outputs; the JSON, written last, marks them complete."""
+        with atomic_write(self.text_stage, "wb") as handle:
+            np.savez(handle, oof=oof, served=served)
+        self.write_json(self.text_stage.with_suffix(".json"), {"fingerprint": fingerprint, "history": history})
+
+    def read_text_stage(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
+        """The outputs `write_text_stage` kept under this fingerprint, or None."""
+        record_path = self.text_stage.with_suffix(".json")
+        if not (record_path.is_file() and self.text_stage.is_file() and self.text_encoder.is_dir()):
+            return None
+        record = self.read_json(record_path)
+        if record.get("fingerprint") != fingerprint:
+            return None
+        with np.load(self.text_stage, allow_pickle=False) as data:
+            return data["oof"], data["served"], record["history"]
+
+    @property
     def fusion_weights(self) -> Path:
         return self.root / "fusion.safetensors"
 
@@ -67,6 +99,10 @@ class RunDir:
     @property
     def lightgbm(self) -> Path:
         return self.root / "lightgbm.txt"
+
+    @property
+    def price_priors(self) -> Path:
+        return self.root / "price_priors.json"
 
     @property
     def lexical_weights(self) -> Path:
@@ -86,8 +122,16 @@ class RunDir:
         return self.root / "blend.json"
 
     @property
-    def split(self) -> Path:
-        return self.root / "split.json"
+    def folds(self) -> Path:
+        return self.root / "folds.json"
+
+    @property
+    def stack_features(self) -> Path:
+        return self.root / "stack_features.npy"
+
+    @property
+    def oof_predictions(self) -> Path:
+        return self.root / "oof_predictions.csv"
 
     @property
     def validation_predictions(self) -> Path:
