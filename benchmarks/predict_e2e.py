@@ -78,9 +78,8 @@ def per_row_loop(run_dir: Path, deployment: Deployment, table: CatalogTable, fet
             torch.from_numpy(prepared.has_image[:, None]), torch.from_numpy(prepared.numeric_features),
         )
         lexical_log_price = lexical(input_ids, attention_mask).numpy()
-        gbm = booster.predict(stack_features(log_price.numpy(), text_log_price.numpy(), lexical_log_price,
-                                             prepared.has_image, prepared.numeric_features,
-                                             priors.features([table.texts[row]])))
+        gbm = booster.predict(stack_features(text_log_price.numpy(), lexical_log_price, prepared.has_image,
+                                             prepared.numeric_features, priors.features([table.texts[row]])))
         retrieval = index.estimate(vector.numpy(), k=settings.retrieval_k)
         components = component_matrix({"mlp": log_price.numpy(), "lightgbm": gbm, RETRIEVAL: retrieval,
                                        "text_head": text_log_price.numpy(), "lexical": lexical_log_price})

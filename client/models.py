@@ -26,7 +26,9 @@ ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
 # the estimates the LightGBM stacker reads, besides has_image, the numeric features and the price priors
-STACKED_ESTIMATES = ("mlp_log_price", "text_log_price", "lexical_log_price")
+# (not the fusion MLP's: it reads the text encoder's embedding, whose space moves between the fold
+# encoders its training rows came from and the refitted one that serves)
+STACKED_ESTIMATES = ("text_log_price", "lexical_log_price")
 # one log price per model-computed blend component and the retrieval vector (retrieval's query)
 ENSEMBLE_OUTPUTS = (*COMPONENT_OUTPUTS.values(), "retrieval_vector")
 
@@ -96,7 +98,7 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
         _same_names("image_embedding", "text_embedding", "has_image", "numeric_features"),
         _same_names("mlp_log_price", "retrieval_vector"),
     )
-    stacker_inputs = (mlp_log_price, text_log_price, lexical_log_price, has_image, numeric, priors)
+    stacker_inputs = (text_log_price, lexical_log_price, has_image, numeric, priors)
     gbm_step = (LIGHTGBM, _same_names(*(t.name for t in stacker_inputs)), _same_names("gbm_log_price"))
     by_name = {t.name: t for t in (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)}
     outputs = tuple(by_name[name] for name in ENSEMBLE_OUTPUTS)

@@ -47,8 +47,8 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
   ({settings.text_dim}-d, {pooling} pooling, at most {settings.max_tokens} tokens)
 - Fusion MLP on log1p(price) over the fine-tuned embeddings, the image embedding and catalogue
   features; FAISS retrieval (k={settings.retrieval_k}) over every labelled row; lexical model:
-  TF-IDF of hashed word-piece n-grams + Ridge; a LightGBM stacker over the MLP's, text head's and
-  lexical model's estimates, the catalogue features and price priors (brand and unit-price means
+  TF-IDF of hashed word-piece n-grams + Ridge; a LightGBM stacker over the text head's and the lexical
+  model's estimates, the catalogue features and price priors (brand and unit-price means
   of the labelled rows), trained on their out-of-fold values
 - Blend weights in use: {weights}
 

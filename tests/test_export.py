@@ -138,7 +138,7 @@ def test_lightgbm_rows_on_a_rounded_threshold_take_lightgbms_branch(tmp_path):
 
     from export.onnx_export import LightGbmExporter, split_stack_features
 
-    dims = ModelDims(numeric_dim=1)  # the stacker reads 3 estimates, has_image, 1 numeric feature and the priors
+    dims = ModelDims(numeric_dim=1)  # the stacker reads 2 estimates, has_image, 1 numeric feature and the priors
     rng = np.random.default_rng(0)
     features = rng.normal(size=(2000, dims.stack_dim)).astype(np.float32)
     target = features[:, 0] * 2 + np.sin(features[:, 1] * 3)

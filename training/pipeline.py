@@ -14,7 +14,7 @@ Every labelled row trains the deployed models, and every accuracy figure is out 
 4. the blend weights are fitted on the OOF estimates, and the report gives each component's and
    the blend's OOF SMAPE with its spread over the folds.
 
-The LightGBM stacker learns from the other models' OOF estimates and the OOF price priors
+The LightGBM stacker learns from the text head's and lexical model's OOF estimates and the OOF price priors
 (training.gbm, client.priors); retrieval
 searches the refitted fusion MLP's vectors of every labelled row. The run folder is described by
 training.run_dir.RunDir.
@@ -246,14 +246,13 @@ def train(config: TrainConfig) -> dict:
     priors = fit_price_priors(table.texts, log_prices, labelled)
     priors.save(run.price_priors)
     served_priors = priors.features(table.texts)
-    oof_stack = stack_features(oof_mlp, oof_text[:, 0], oof_lexical, features.has_image, features.numeric_features,
-                               oof_priors)
+    oof_stack = stack_features(oof_text[:, 0], oof_lexical, features.has_image, features.numeric_features, oof_priors)
     np.save(run.stack_features, oof_stack[labelled])
     oof_gbm, gbm_rounds = cross_fit_gbm(oof_stack, log_prices, folds, config.gbm)
     booster = train_gbm(oof_stack, log_prices, labelled, gbm_rounds, config.gbm)
     save_gbm(booster, run.lightgbm)
-    served_stack = stack_features(served_mlp, served_text[:, 0], served_lexical, features.has_image,
-                                  features.numeric_features, served_priors)
+    served_stack = stack_features(served_text[:, 0], served_lexical, features.has_image, features.numeric_features,
+                                  served_priors)
     served_gbm = booster.predict(served_stack)
     timings["lightgbm_s"] = time.perf_counter() - stage
 
