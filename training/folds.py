@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 
+from client.blend import smape
+
 
 def image_groups(links: list[str]) -> np.ndarray:
     """One integer per row; rows sharing an image link share it, rows without a link get their own."""
@@ -91,6 +93,4 @@ def cross_fit(folds: Folds, fit_predict: Callable[[np.ndarray, np.ndarray], np.n
 
 def per_fold_smape(folds: Folds, prices: np.ndarray, predicted: np.ndarray) -> list[float]:
     """SMAPE of each fold's held-out rows (prices and predictions indexed by table row)."""
-    from client.blend import smape
-
     return [smape(prices[held_out], predicted[held_out]) for _, held_out in folds]

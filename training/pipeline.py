@@ -27,6 +27,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import numpy as np
@@ -156,7 +157,8 @@ class FusionStage:
     def __init__(self, config: TrainConfig, log_prices: np.ndarray, groups: np.ndarray):
         self.config, self.log_prices, self.groups = config, log_prices, groups
 
-    def fit(self, inputs: FusionInputs, train_rows: np.ndarray, epochs: int | None = None, on_epoch=None):
+    def fit(self, inputs: FusionInputs, train_rows: np.ndarray, epochs: int | None = None,
+            on_epoch: Callable[[int, FusionMLP], None] | None = None) -> tuple[FusionMLP, list[dict]]:
         return train_fusion(inputs, self.log_prices, train_rows, self.config.fusion, epochs=epochs, on_epoch=on_epoch)
 
     def index(self, vectors: np.ndarray, rows: np.ndarray) -> NeighbourIndex:
