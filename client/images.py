@@ -16,6 +16,8 @@ import torch.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
 import io
 import logging
@@ -142,7 +144,15 @@ class PreparedImage:
 
 
 class _RetryableError(Exception):
-    """A download attempt failed in a way worth retrying (network error, 5xx, 429)."""
+    """A download attempt failed in a way worth retrying (network error, 5xx, 429).
+
+    Attributes:
+        retry_after_s: How long the server asked to wait before the next attempt, if it said.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class _NoAnswerError(_RetryableError):
@@ -200,7 +210,9 @@ class ImageFetcher:
         max_bytes: Largest accepted file, local or downloaded.
         timeout_s: Time limit of one download attempt (connection and whole body).
         retries: Extra attempts after a network error, HTTP 429 or 5xx.
-        backoff_s: Base of the exponential backoff between attempts (jittered).
+        backoff_s: Base of the exponential backoff between attempts (jittered). A 429 or 503
+            answer's ``Retry-After`` (seconds or an HTTP date) is waited for instead when it
+            is longer, but never more than ``timeout_s``.
         max_workers: Threads used by :meth:`fetch_many` and :func:`load_images`, and
             connections kept open per host.
         max_host_failures: After this many downloads in a row from one host failed every
@@ -387,16 +399,21 @@ class ImageFetcher:
             except _RetryableError as error:
                 last_error = str(error)
                 answered = answered or not isinstance(error, _NoAnswerError)
-            if attempt + 1 < attempts:
-                time.sleep(self._backoff(attempt))
+                if attempt + 1 < attempts:
+                    time.sleep(self._pause(attempt, error.retry_after_s))
         self._record_host(host, reachable=answered)
         return FetchedImage.failed(
             ImageStatus.UNREACHABLE, f"{url}: {last_error} (after {attempts} attempt(s))"
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: base * 2**attempt, scaled by a factor in [0.5, 1.5)."""
-        return self.backoff_s * 2**attempt * (0.5 + self._random.random())
+    def _pause(self, attempt: int, retry_after_s: float | None) -> float:
+        """The wait before the next attempt: exponential backoff with jitter (base * 2**attempt,
+        scaled by a factor in [0.5, 1.5)), or the server's Retry-After when longer, at most
+        ``timeout_s`` so that a server cannot hold a download for long."""
+        backoff = self.backoff_s * 2**attempt * (0.5 + self._random.random())
+        if retry_after_s is None:
+            return backoff
+        return max(backoff, min(retry_after_s, self.timeout_s))
 
     def _download(self, url: str) -> FetchedImage:
         """One download attempt, redirects included; raises _RetryableError for failures worth retrying."""
@@ -430,7 +447,8 @@ class ImageFetcher:
         if not 200 <= response.status < 300:
             answer = f"HTTP {response.status} {response.reason}"
             if response.status in _RETRY_HTTP_CODES:
-                raise _RetryableError(answer)
+                retry_after = response.headers.get("Retry-After") if response.status in {429, 503} else None
+                raise _RetryableError(answer, _retry_after_s(retry_after))
             return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: {answer}")
         content_type = _content_type(response)
         if content_type not in _UNKNOWN_CONTENT_TYPES and not content_type.startswith("image/"):
@@ -489,6 +507,23 @@ def _content_length(response: BaseHTTPResponse) -> int | None:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """The wait a Retry-After header asks for, in seconds (it holds seconds or an HTTP date);
+    None when it is missing or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 # -- decoding and preparation --------------------------------------------------------------------

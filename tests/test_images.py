@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import email.utils
 import hashlib
 import http.server
 import io
@@ -14,7 +15,7 @@ import subprocess
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -62,10 +63,12 @@ def amazon_link(name: str) -> str:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves a real JPEG under several behaviours, counting requests per path."""
+    """Serves a real JPEG under several behaviours, counting requests per path and noting when
+    they arrived."""
 
     image: ClassVar[bytes] = b""
     hits: ClassVar[Counter[str]] = Counter()
+    arrivals: ClassVar[defaultdict[str, list[float]]] = defaultdict(list)
     lock: ClassVar[threading.Lock] = threading.Lock()
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
@@ -74,6 +77,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         with self.lock:
             self.hits[self.path] += 1
+            self.arrivals[self.path].append(time.monotonic())
             count = self.hits[self.path]
         if self.path == "/img.jpg":
             self._send(200, "image/jpeg", self.image)
@@ -85,6 +89,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(500 if count == 1 else 200, "image/jpeg", self.image)
         elif self.path == "/busy.jpg":
             self._send(503, "text/plain", b"busy")
+        elif self.path == "/busy-for-a-second.jpg" and count == 1:
+            self._send(503, "text/plain", b"busy", {"Retry-After": "1"})
+        elif self.path == "/too-many-until-a-date.jpg" and count == 1:
+            in_two_seconds = email.utils.formatdate(time.time() + 2, usegmt=True)
+            self._send(429, "text/plain", b"slow down", {"Retry-After": in_two_seconds})
+        elif self.path in {"/busy-for-a-second.jpg", "/too-many-until-a-date.jpg"}:
+            self._send(200, "image/jpeg", self.image)
+        elif self.path == "/busy-for-an-hour.jpg":
+            self._send(503, "text/plain", b"busy", {"Retry-After": "3600"})
         elif self.path == "/slow.jpg":
             time.sleep(0.1)
             self._send(200, "image/jpeg", self.image)
@@ -147,6 +160,7 @@ def keep_alive() -> Iterator[CountingServer]:
 @pytest.fixture()
 def hits() -> Counter[str]:
     _Handler.hits.clear()
+    _Handler.arrivals.clear()
     return _Handler.hits
 
 
@@ -493,7 +507,7 @@ def test_fetch_many_preserves_order(server: str, hits: Counter[str]) -> None:
     assert all(isinstance(r, FetchedImage) for r in results)
 
 
-# -- connection reuse, TLS, proxies -------------------------------------------------------------
+# -- connection reuse, Retry-After, TLS ----------------------------------------------------------
 
 
 def test_downloads_from_one_host_reuse_connections(keep_alive: CountingServer, hits: Counter[str]) -> None:
@@ -533,6 +547,26 @@ def test_every_outcome_gives_its_connection_back(keep_alive: CountingServer, hit
     )
     assert statuses == expected
     assert keep_alive.connections == 2  # a second one only after the oversized body
+
+
+@pytest.mark.parametrize("path", ["/busy-for-a-second.jpg", "/too-many-until-a-date.jpg"])
+def test_retry_after_is_waited_for(server: str, hits: Counter[str], path: str) -> None:
+    """Retry-After: 1 (503), or an HTTP date 1 to 2 s ahead (429); the backoff alone is 10 ms."""
+    fetched = quick_fetcher(retries=1).fetch(server + path)
+    assert fetched.status is ImageStatus.OK, fetched.detail
+    first, second = _Handler.arrivals[path]
+    assert second - first >= 0.9
+
+
+def test_retry_after_is_capped_at_the_timeout(server: str, hits: Counter[str]) -> None:
+    """Retry-After: 3600 waits timeout_s (1 s), not an hour."""
+    fetcher = quick_fetcher(timeout_s=1.0, retries=1)
+    start = time.monotonic()
+    fetched = finishes_within(10, lambda: fetcher.fetch(f"{server}/busy-for-an-hour.jpg"))
+    assert time.monotonic() - start < 3
+    assert fetched.status is ImageStatus.UNREACHABLE and "503" in fetched.detail
+    first, second = _Handler.arrivals["/busy-for-an-hour.jpg"]
+    assert 0.9 <= second - first < 2
 
 
 @pytest.fixture(scope="module")
