@@ -16,17 +16,17 @@ import torch.
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import hashlib
-import http.client
 import io
 import logging
 import math
 import random
-import socket
+import re
 import struct
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -37,10 +37,13 @@ from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit
 
 import numpy as np
+import urllib3
 from PIL import Image, ImageOps, UnidentifiedImageError
+from urllib3 import BaseHTTPResponse
+from urllib3.exceptions import ConnectTimeoutError, NameResolutionError
 
 from client.files import atomic_write
-from client.links import LinkPolicy, RefusedLinkError, build_opener
+from client.links import MAX_REDIRECTS, GuardedHttpClient, LinkPolicy, RefusedLinkError, redirect_target
 
 IMAGE_SIZE = 256
 """Side of the square uint8 RGB image the image encoder takes."""
@@ -63,6 +66,10 @@ USER_AGENT = "multimodal-price-client/0.1"
 _log = logging.getLogger(__name__)
 _CHUNK_BYTES = 64 * 1024
 _RETRY_HTTP_CODES = frozenset({429, 500, 502, 503, 504})
+_REQUEST_HEADERS = {"User-Agent": USER_AGENT, "Accept": "image/*"}
+# What http.client refuses in a URL; urllib3 would percent-encode it instead, but such a link is
+# a broken cell of the CSV, not an address.
+_FORBIDDEN_URL_CHARACTERS = re.compile(r"[\x00-\x20\x7f]")
 _UNKNOWN_CONTENT_TYPES = frozenset({"", "application/octet-stream", "binary/octet-stream"})
 # What PIL's plugins raise on corrupt or hostile data (besides the more specific cases below).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)
@@ -137,7 +144,15 @@ class PreparedImage:
 
 
 class _RetryableError(Exception):
-    """A download attempt failed in a way worth retrying (network error, 5xx, 429)."""
+    """A download attempt failed in a way worth retrying (network error, 5xx, 429).
+
+    Attributes:
+        retry_after_s: How long the server asked to wait before the next attempt, if it said.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class _NoAnswerError(_RetryableError):
@@ -183,8 +198,9 @@ class ImageFetcher:
     URL (REFUSED unless ``policy`` allows local files); then an ``http(s)://`` download (also
     when ``images_dir`` lacks the file) to addresses the policy allows (else REFUSED);
     anything else is BAD_LINK. Downloads are cached in ``cache_dir`` (when given) under the
-    SHA-256 of the URL, written atomically. Thread-safe; :meth:`fetch` never raises for bad
-    input.
+    SHA-256 of the URL, written atomically. Downloads reuse connections: at most
+    ``max_workers`` per host are open, and a download waits while they are all busy.
+    Thread-safe; :meth:`fetch` never raises for bad input.
 
     Args:
         images_dir: A folder of images named like the links' last path segment.
@@ -194,8 +210,11 @@ class ImageFetcher:
         max_bytes: Largest accepted file, local or downloaded.
         timeout_s: Time limit of one download attempt (connection and whole body).
         retries: Extra attempts after a network error, HTTP 429 or 5xx.
-        backoff_s: Base of the exponential backoff between attempts (jittered).
-        max_workers: Threads used by :meth:`fetch_many` and :func:`load_images`.
+        backoff_s: Base of the exponential backoff between attempts (jittered). A 429 or 503
+            answer's ``Retry-After`` (seconds or an HTTP date) is waited for instead when it
+            is longer, but never more than ``timeout_s``.
+        max_workers: Threads used by :meth:`fetch_many` and :func:`load_images`, and
+            connections kept open per host.
         max_host_failures: After this many downloads in a row from one host failed every
             attempt without an HTTP answer (no network, DNS failure, host down), further
             links to that host fail at once instead of each waiting through its retries;
@@ -218,13 +237,15 @@ class ImageFetcher:
         self.images_dir = Path(images_dir) if images_dir is not None else None
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.policy = policy
-        self._opener = build_opener(policy)
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
         self.retries = max(0, retries)
         self.backoff_s = backoff_s
         self.max_workers = max(1, max_workers)
         self.max_host_failures = max_host_failures
+        self._http = GuardedHttpClient(
+            policy, connections_per_host=self.max_workers, timeout_s=timeout_s, headers=_REQUEST_HEADERS
+        )
         self._random = random.Random()
         self._host_failures: Counter[str] = Counter()
         self._lock = threading.Lock()
@@ -261,6 +282,8 @@ class ImageFetcher:
         if scheme in {"http", "https"}:
             if not parts.hostname:
                 return FetchedImage.failed(ImageStatus.BAD_LINK, f"URL without a host: {link!r}")
+            if _FORBIDDEN_URL_CHARACTERS.search(link):
+                return FetchedImage.failed(ImageStatus.BAD_LINK, f"invalid URL {link!r}: spaces or control characters")
             try:
                 self.policy.check_host(parts.hostname)
             except RefusedLinkError as error:
@@ -376,43 +399,58 @@ class ImageFetcher:
             except _RetryableError as error:
                 last_error = str(error)
                 answered = answered or not isinstance(error, _NoAnswerError)
-            if attempt + 1 < attempts:
-                time.sleep(self._backoff(attempt))
+                if attempt + 1 < attempts:
+                    time.sleep(self._pause(attempt, error.retry_after_s))
         self._record_host(host, reachable=answered)
         return FetchedImage.failed(
             ImageStatus.UNREACHABLE, f"{url}: {last_error} (after {attempts} attempt(s))"
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential backoff with jitter: base * 2**attempt, scaled by a factor in [0.5, 1.5)."""
-        return self.backoff_s * 2**attempt * (0.5 + self._random.random())
+    def _pause(self, attempt: int, retry_after_s: float | None) -> float:
+        """The wait before the next attempt: exponential backoff with jitter (base * 2**attempt,
+        scaled by a factor in [0.5, 1.5)), or the server's Retry-After when longer, at most
+        ``timeout_s`` so that a server cannot hold a download for long."""
+        backoff = self.backoff_s * 2**attempt * (0.5 + self._random.random())
+        if retry_after_s is None:
+            return backoff
+        return max(backoff, min(retry_after_s, self.timeout_s))
 
     def _download(self, url: str) -> FetchedImage:
-        """One download attempt; raises _RetryableError for failures worth retrying."""
-        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT, "Accept": "image/*"})
+        """One download attempt, redirects included; raises _RetryableError for failures worth retrying."""
         deadline = time.monotonic() + self.timeout_s
+        target = url
         try:
-            with self._opener.open(request, timeout=self.timeout_s) as response:
-                return self._read_response(url, response, deadline)
+            for _ in range(MAX_REDIRECTS + 1):
+                response = self._http.get(target)
+                try:
+                    location = response.get_redirect_location()
+                    if not location:
+                        return self._read_response(url, response, deadline)
+                    target = redirect_target(target, location)
+                finally:
+                    _hand_back(response, deadline)
         except RefusedLinkError as error:
             return FetchedImage.failed(ImageStatus.REFUSED, f"{url}: {error}")
-        except urllib.error.HTTPError as error:
-            if error.code in _RETRY_HTTP_CODES:
-                raise _RetryableError(f"HTTP {error.code} {error.reason}") from error
-            return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: HTTP {error.code} {error.reason}")
-        except urllib.error.URLError as error:
-            if isinstance(error.reason, socket.gaierror):
-                raise _UnresolvableHostError(f"cannot resolve the host: {error.reason}") from error
-            raise _NoAnswerError(f"cannot connect: {error.reason}") from error
-        except TimeoutError as error:
-            raise _NoAnswerError(f"timed out after {self.timeout_s:g} s") from error
-        except (ValueError, http.client.InvalidURL) as error:  # e.g. spaces or control characters
+        except ValueError as error:  # a malformed link or redirect target
             return FetchedImage.failed(ImageStatus.BAD_LINK, f"invalid URL {url!r}: {error}")
-        except (OSError, http.client.HTTPException) as error:  # resets, TLS errors, short reads
+        except NameResolutionError as error:
+            raise _UnresolvableHostError(f"cannot resolve the host: {error.__cause__}") from error
+        except ConnectTimeoutError as error:  # refused, unreachable or timed out
+            raise _NoAnswerError(f"cannot connect: {error.__cause__ or error}") from error
+        except urllib3.exceptions.TimeoutError as error:
+            raise _NoAnswerError(f"timed out after {self.timeout_s:g} s") from error
+        except urllib3.exceptions.HTTPError as error:  # resets, TLS and proxy errors
             raise _NoAnswerError(f"connection failed: {error!r}") from error
+        return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: more than {MAX_REDIRECTS} redirects")
 
-    def _read_response(self, url: str, response: http.client.HTTPResponse, deadline: float) -> FetchedImage:
-        content_type = response.headers.get_content_type() if response.headers.get("Content-Type") else ""
+    def _read_response(self, url: str, response: BaseHTTPResponse, deadline: float) -> FetchedImage:
+        if not 200 <= response.status < 300:
+            answer = f"HTTP {response.status} {response.reason}"
+            if response.status in _RETRY_HTTP_CODES:
+                retry_after = response.headers.get("Retry-After") if response.status in {429, 503} else None
+                raise _RetryableError(answer, _retry_after_s(retry_after))
+            return FetchedImage.failed(ImageStatus.UNREACHABLE, f"{url}: {answer}")
+        content_type = _content_type(response)
         if content_type not in _UNKNOWN_CONTENT_TYPES and not content_type.startswith("image/"):
             return FetchedImage.failed(ImageStatus.NOT_IMAGE, f"{url}: content type {content_type!r}")
         declared = _content_length(response)
@@ -435,20 +473,57 @@ class ImageFetcher:
         return FetchedImage.from_bytes(bytes(data), url)
 
 
-def _read_chunk(response: http.client.HTTPResponse) -> bytes:
+def _read_chunk(response: BaseHTTPResponse) -> bytes:
     """What has arrived of the body (at most one chunk), without waiting for a full chunk."""
     try:
         return response.read1(_CHUNK_BYTES)
-    except (OSError, http.client.HTTPException) as error:  # the host answered, then broke off
+    except (urllib3.exceptions.HTTPError, OSError) as error:  # the host answered, then broke off
         raise _RetryableError(f"connection broke during the body: {error!r}") from error
 
 
-def _content_length(response: http.client.HTTPResponse) -> int | None:
+def _hand_back(response: BaseHTTPResponse, deadline: float) -> None:
+    """Give the response's connection back to the pool, open for the next request when the rest
+    of the body is short and arrives before the deadline (an error page, a redirect's body),
+    closed otherwise."""
+    rest = response.length_remaining
+    if rest is not None and rest <= _CHUNK_BYTES:
+        try:
+            while time.monotonic() < deadline and response.read1(_CHUNK_BYTES):
+                pass
+        except (urllib3.exceptions.HTTPError, OSError):  # urllib3 has closed the connection
+            pass
+    response.close()  # no effect on a connection that went back to the pool with its body read
+    response.release_conn()
+
+
+def _content_type(response: BaseHTTPResponse) -> str:
+    """The media type, lower case and without parameters; "" when not given."""
+    return (response.headers.get("Content-Type") or "").split(";", 1)[0].strip().lower()
+
+
+def _content_length(response: BaseHTTPResponse) -> int | None:
     value = response.headers.get("Content-Length")
     try:
         return int(value) if value is not None else None
     except ValueError:
         return None
+
+
+def _retry_after_s(value: str | None) -> float | None:
+    """The wait a Retry-After header asks for, in seconds (it holds seconds or an HTTP date);
+    None when it is missing or unreadable."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:  # "-0000": UTC, as HTTP dates are
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 # -- decoding and preparation --------------------------------------------------------------------

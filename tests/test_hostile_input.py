@@ -13,6 +13,7 @@ import re
 import resource
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,7 @@ from client.predict import PredictConfig
 from client.table import read_catalog_csv
 from export.cli import main as export_main
 from tests.conftest import PROJECT, SAMPLE
+from tests.loopback import serving
 from training.cli import main as train_main
 
 HEADER = "sample_id,catalog_content,image_link\n"
@@ -368,6 +370,30 @@ def test_redirects_are_checked_again(loopback):
     assert to_other.status is ImageStatus.REFUSED and "127.0.0.2" in to_other.detail
     to_file = fetcher.fetch(f"http://{loopback}/to?file:///etc/passwd")
     assert to_file.status is ImageStatus.REFUSED and to_file.data is None
+
+
+class _KeepAliveRedirects(_Redirects):
+    protocol_version = "HTTP/1.1"
+
+
+def test_a_pooled_connection_opens_no_way_to_a_refused_address(loopback):  # loopback: the image to serve
+    """A kept-alive connection to the allowed host waits in the pool; a redirect from that host
+    to 127.0.0.2 is still refused when its connection opens. A server listens there too, so a
+    connection opened without the check would fetch the image."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.2", 0))
+        except OSError:
+            pytest.skip("this machine has no 127.0.0.2")
+    only_this_host = LinkPolicy(allowed_networks=(ipaddress.ip_network("127.0.0.1/32"),))
+    fetcher = ImageFetcher(retries=0, policy=only_this_host)
+    with serving(_KeepAliveRedirects) as allowed, serving(_KeepAliveRedirects, host="127.0.0.2") as refused:
+        assert fetcher.fetch(f"http://{allowed.netloc}/img.png").status is ImageStatus.OK
+        redirected = fetcher.fetch(f"http://{allowed.netloc}/to?http://{refused.netloc}/img.png")
+        assert redirected.status is ImageStatus.REFUSED and "127.0.0.2" in redirected.detail
+        assert fetcher.fetch(f"http://{allowed.netloc}/img.png").status is ImageStatus.OK
+    assert refused.connections == 0
+    assert allowed.connections == 1  # the redirect came over the pooled connection, which stayed open
 
 
 def test_a_refused_link_costs_its_row_the_image_only(tmp_path, deployment, capsys):

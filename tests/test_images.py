@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
+import email.utils
 import hashlib
 import http.server
 import io
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 import threading
 import time
 import zlib
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import ClassVar
 
@@ -34,6 +40,7 @@ from client.images import (
 )
 from client.links import LinkPolicy
 from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.loopback import CountingServer, finishes_within, serving
 
 IMAGES = SHARED_DATA / "images"
 pytestmark = needs_shared_data
@@ -56,10 +63,12 @@ def amazon_link(name: str) -> str:
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves a real JPEG under several behaviours, counting requests per path."""
+    """Serves a real JPEG under several behaviours, counting requests per path and noting when
+    they arrived."""
 
     image: ClassVar[bytes] = b""
     hits: ClassVar[Counter[str]] = Counter()
+    arrivals: ClassVar[defaultdict[str, list[float]]] = defaultdict(list)
     lock: ClassVar[threading.Lock] = threading.Lock()
 
     def log_message(self, *args: object) -> None:  # keep test output quiet
@@ -68,6 +77,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         with self.lock:
             self.hits[self.path] += 1
+            self.arrivals[self.path].append(time.monotonic())
             count = self.hits[self.path]
         if self.path == "/img.jpg":
             self._send(200, "image/jpeg", self.image)
@@ -79,6 +89,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self._send(500 if count == 1 else 200, "image/jpeg", self.image)
         elif self.path == "/busy.jpg":
             self._send(503, "text/plain", b"busy")
+        elif self.path == "/busy-for-a-second.jpg" and count == 1:
+            self._send(503, "text/plain", b"busy", {"Retry-After": "1"})
+        elif self.path == "/too-many-until-a-date.jpg" and count == 1:
+            in_two_seconds = email.utils.formatdate(time.time() + 2, usegmt=True)
+            self._send(429, "text/plain", b"slow down", {"Retry-After": in_two_seconds})
+        elif self.path in {"/busy-for-a-second.jpg", "/too-many-until-a-date.jpg"}:
+            self._send(200, "image/jpeg", self.image)
+        elif self.path == "/busy-for-an-hour.jpg":
+            self._send(503, "text/plain", b"busy", {"Retry-After": "3600"})
+        elif self.path == "/slow.jpg":
+            time.sleep(0.1)
+            self._send(200, "image/jpeg", self.image)
+        elif self.path == "/moved.jpg":
+            self._send(302, "text/html", b"<a href='/img.jpg'>moved</a>", {"Location": "/img.jpg"})
         elif self.path == "/big-declared.jpg":
             self._send(200, "image/jpeg", self.image)
         elif self.path == "/big-streamed.jpg":  # no Content-Length: only the read cap can stop it
@@ -89,12 +113,30 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         else:
             self._send(404, "text/plain", b"not found")
 
-    def _send(self, code: int, content_type: str, body: bytes) -> None:
+    def _send(self, code: int, content_type: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
+
+
+class _KeepAliveHandler(_Handler):
+    """The same, keeping each connection open for the next request (HTTP/1.1)."""
+
+    protocol_version = "HTTP/1.1"
+
+
+class _Proxy(_KeepAliveHandler):
+    """An HTTP proxy that answers every request itself, noting the URL and the credentials."""
+
+    requests: ClassVar[list[tuple[str, str | None]]] = []
+
+    def do_GET(self) -> None:
+        self.requests.append((self.path, self.headers.get("Proxy-Authorization")))
+        self._send(200, "image/jpeg", self.image)
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +151,16 @@ def server() -> Iterator[str]:
 
 
 @pytest.fixture()
+def keep_alive() -> Iterator[CountingServer]:
+    _Handler.image = (IMAGES / GOOD).read_bytes()
+    with serving(_KeepAliveHandler) as server:
+        yield server
+
+
+@pytest.fixture()
 def hits() -> Counter[str]:
     _Handler.hits.clear()
+    _Handler.arrivals.clear()
     return _Handler.hits
 
 
@@ -455,3 +505,127 @@ def test_fetch_many_preserves_order(server: str, hits: Counter[str]) -> None:
     expected = [ImageStatus.OK, ImageStatus.NO_LINK, ImageStatus.NOT_IMAGE, ImageStatus.OK] * 3
     assert [r.status for r in results] == expected
     assert all(isinstance(r, FetchedImage) for r in results)
+
+
+# -- connection reuse, Retry-After, TLS ----------------------------------------------------------
+
+
+def test_downloads_from_one_host_reuse_connections(keep_alive: CountingServer, hits: Counter[str]) -> None:
+    fetcher = quick_fetcher(max_workers=4)
+    url = f"http://{keep_alive.netloc}/img.jpg"
+    assert all(fetcher.fetch(url).status is ImageStatus.OK for _ in range(20))
+    assert hits["/img.jpg"] == 20 and keep_alive.connections == 1
+    assert all(result.status is ImageStatus.OK for result in fetcher.fetch_many([url] * 40))
+    assert hits["/img.jpg"] == 60 and keep_alive.connections <= 4
+
+
+def test_connections_per_host_are_at_most_max_workers(keep_alive: CountingServer, hits: Counter[str]) -> None:
+    """More threads than max_workers: the others wait for a free connection instead of opening one."""
+    fetcher = quick_fetcher(max_workers=2)
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(fetcher.fetch, [f"http://{keep_alive.netloc}/slow.jpg"] * 16))
+    assert all(result.status is ImageStatus.OK for result in results)
+    assert hits["/slow.jpg"] == 16 and keep_alive.connections <= 2
+
+
+def test_every_outcome_gives_its_connection_back(keep_alive: CountingServer, hits: Counter[str]) -> None:
+    """One connection per host: an outcome that kept it would leave the next download waiting
+    forever. Short unread bodies are read to the end so that the connection stays open; an
+    oversized body closes it."""
+    fetcher = quick_fetcher(max_workers=1, retries=0, max_bytes=2 * len(_Handler.image))
+    expected = [
+        ("/img.jpg", ImageStatus.OK),
+        ("/page.html", ImageStatus.NOT_IMAGE),
+        ("/nothing.jpg", ImageStatus.UNREACHABLE),
+        ("/moved.jpg", ImageStatus.OK),
+        ("/busy.jpg", ImageStatus.UNREACHABLE),
+        ("/big-streamed.jpg", ImageStatus.TOO_LARGE),
+        ("/img.jpg", ImageStatus.OK),
+    ]
+    statuses = finishes_within(
+        20, lambda: [(path, fetcher.fetch(f"http://{keep_alive.netloc}{path}").status) for path, _ in expected]
+    )
+    assert statuses == expected
+    assert keep_alive.connections == 2  # a second one only after the oversized body
+
+
+@pytest.mark.parametrize("path", ["/busy-for-a-second.jpg", "/too-many-until-a-date.jpg"])
+def test_retry_after_is_waited_for(server: str, hits: Counter[str], path: str) -> None:
+    """Retry-After: 1 (503), or an HTTP date 1 to 2 s ahead (429); the backoff alone is 10 ms."""
+    fetched = quick_fetcher(retries=1).fetch(server + path)
+    assert fetched.status is ImageStatus.OK, fetched.detail
+    first, second = _Handler.arrivals[path]
+    assert second - first >= 0.9
+
+
+def test_retry_after_is_capped_at_the_timeout(server: str, hits: Counter[str]) -> None:
+    """Retry-After: 3600 waits timeout_s (1 s), not an hour."""
+    fetcher = quick_fetcher(timeout_s=1.0, retries=1)
+    start = time.monotonic()
+    fetched = finishes_within(10, lambda: fetcher.fetch(f"{server}/busy-for-an-hour.jpg"))
+    assert time.monotonic() - start < 3
+    assert fetched.status is ImageStatus.UNREACHABLE and "503" in fetched.detail
+    first, second = _Handler.arrivals["/busy-for-an-hour.jpg"]
+    assert 0.9 <= second - first < 2
+
+
+@pytest.fixture(scope="module")
+def localhost_certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for the name localhost, and its key."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    folder = tmp_path_factory.mktemp("tls")
+    certificate, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True,
+    )
+    return certificate, key
+
+
+def test_https_checks_the_certificate_and_the_host_name(
+    localhost_certificate: tuple[Path, Path], hits: Counter[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certificate, key = localhost_certificate
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(certificate, key)
+    server_names: list[str] = []
+    tls.sni_callback = lambda _socket, name, _context: server_names.append(name)
+    _Handler.image = (IMAGES / GOOD).read_bytes()
+    with serving(_KeepAliveHandler, tls=tls) as server:
+        port = server.server_address[1]
+        untrusted = quick_fetcher(retries=0).fetch(f"https://localhost:{port}/img.jpg")
+        assert untrusted.status is ImageStatus.UNREACHABLE and "CERTIFICATE_VERIFY_FAILED" in untrusted.detail
+
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate))  # read by the default TLS context
+        fetcher = quick_fetcher(retries=0)
+        trusted = fetcher.fetch(f"https://localhost:{port}/img.jpg")
+        assert trusted.status is ImageStatus.OK, trusted.detail
+        assert "localhost" in server_names
+        other_name = fetcher.fetch(f"https://127.0.0.1:{port}/img.jpg")
+        assert other_name.status is ImageStatus.UNREACHABLE and "mismatch" in other_name.detail
+
+
+def test_proxies_from_the_environment_are_used_and_trusted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through the proxy (on loopback, not an allowed address) the target is never resolved
+    here; a host in no_proxy is connected to directly, and checked."""
+    _Handler.image = (IMAGES / GOOD).read_bytes()
+    _Proxy.requests.clear()
+    with serving(_Proxy) as proxy:
+        monkeypatch.setenv("http_proxy", f"http://user:p%40ss@{proxy.netloc}")
+        monkeypatch.setenv("no_proxy", "localhost")
+        fetcher = ImageFetcher(retries=0)
+        fetched = fetcher.fetch("http://images.example/a.jpg")
+        assert fetched.status is ImageStatus.OK, fetched.detail
+        bypassed = fetcher.fetch(f"http://localhost:{proxy.server_address[1]}/b.jpg")
+        assert bypassed.status is ImageStatus.REFUSED
+    credentials = "Basic " + base64.b64encode(b"user:p@ss").decode()
+    assert _Proxy.requests == [("http://images.example/a.jpg", credentials)]
+
+
+def test_a_proxy_that_is_not_http_fails_its_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib3 speaks no SOCKS: the download fails rather than going around the user's proxy."""
+    monkeypatch.setenv("http_proxy", "socks5://127.0.0.1:1080")
+    fetched = ImageFetcher(retries=0).fetch("http://images.example/a.jpg")
+    assert fetched.status is ImageStatus.UNREACHABLE and "socks5" in fetched.detail
