@@ -36,7 +36,8 @@ DEFAULT_CSV = PROJECT.parent / "shared" / "data" / "amazon2025" / "test.csv"
 def build_requests(deployment: Deployment, csv_path: Path, rows: int, batch_size: int) -> list[dict[str, np.ndarray]]:
     table = read_catalog_csv(csv_path)
     with tempfile.TemporaryDirectory() as cache:
-        predictor = Predictor(deployment, None, ImageFetcher(None, max_host_failures=1), OcrCache(Path(cache) / "ocr.jsonl"), 1)
+        predictor = Predictor(deployment, InProcessBackend(deployment), ImageFetcher(None, max_host_failures=1),
+                              OcrCache(Path(cache) / "ocr.jsonl"), 1)
         wave = predictor.prepare(table, np.arange(min(rows, len(table))))
     wave.pixels = [None] * len(wave.pixels)  # the text-only ensemble for every row
     return [inputs for _, _, inputs in predictor.batches(wave, batch_size)]

@@ -11,6 +11,8 @@
         blend.json            blend weights
         tokenizer.json, special_tokens_map.json
         retrieval.faiss, retrieval_log_prices.npy, retrieval_groups.npy
+        price_priors.json     brand and unit-price tables of the stacker's price priors
+        ocr_characters.json   the OCR recogniser's alphabet (its outputs are indices into it)
       MODEL_CARD.md
 
 Everything is JSON, .npy (read with allow_pickle=False), FAISS or ONNX: never pickle.
@@ -37,6 +39,7 @@ SETTINGS_FILE = "settings.json"
 BLEND_FILE = "blend.json"
 TOKENIZER_FILE = "tokenizer.json"
 PRIORS_FILE = "price_priors.json"
+OCR_CHARACTERS_FILE = "ocr_characters.json"
 MODEL_FILE = "model.onnx"
 MODEL_SHA_PARAMETER = "model_sha256"
 
@@ -129,6 +132,13 @@ class Deployment:
             return PricePriors.load(self.bundle / PRIORS_FILE)
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise BundleError(f"{self.bundle / PRIORS_FILE}: unusable ({error}); export the deployment again") from None
+
+    def ocr_characters(self) -> list[str]:
+        """The alphabet of the served OCR recogniser (model ocr_recognizer)."""
+        characters = _read_json(self.bundle / OCR_CHARACTERS_FILE)
+        if not isinstance(characters, list) or not all(isinstance(c, str) for c in characters):
+            raise BundleError(f"{self.bundle / OCR_CHARACTERS_FILE}: not a list of characters; export again")
+        return characters
 
     @classmethod
     def load(cls, root: str | Path, verify: bool = True) -> Deployment:

@@ -7,12 +7,18 @@ batch axis (Triton's convention with `max_batch_size > 0`); -1 is a dynamic axis
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from client.blend import COMPONENT_OUTPUTS
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import IMAGE_SIZE
 from client.priors import PRIOR_FEATURE_NAMES
+
+ModelRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
+"""Runs one served model: ``run(model name, inputs by name) -> outputs by name``."""
 
 MAX_BATCH_SIZE = 64
 RETRIEVAL_DIM = 256
@@ -22,6 +28,9 @@ TEXT_ENCODER = "text_encoder"
 FUSION = "fusion"
 LIGHTGBM = "lightgbm"
 LEXICAL = "lexical"
+OCR_DETECTOR = "ocr_detector"
+OCR_RECOGNIZER = "ocr_recognizer"
+OCR_MODELS = (OCR_DETECTOR, OCR_RECOGNIZER)
 ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
@@ -103,6 +112,11 @@ def served_models(dims: ModelDims = ModelDims()) -> dict[str, ModelSpec]:
     by_name = {t.name: t for t in (mlp_log_price, gbm_log_price, text_log_price, lexical_log_price, retrieval_vector)}
     outputs = tuple(by_name[name] for name in ENSEMBLE_OUTPUTS)
     models = [
+        # PP-OCR's networks (client/ppocr.py): the client prepares their inputs and reads their outputs
+        ModelSpec(OCR_DETECTOR, (TensorSpec("ocr_image", "float32", (3, -1, -1)),),
+                  (TensorSpec("text_probability", "float32", (1, -1, -1)),)),
+        ModelSpec(OCR_RECOGNIZER, (TensorSpec("text_lines", "float32", (3, 48, -1)),),
+                  (TensorSpec("char_index", "int64", (-1,)), TensorSpec("char_probability", "float32", (-1,)))),
         ModelSpec(IMAGE_ENCODER, (image,), (image_embedding,)),
         ModelSpec(TEXT_ENCODER, (input_ids, attention_mask), (text_embedding, text_log_price)),
         ModelSpec(LEXICAL, (input_ids, attention_mask), (lexical_log_price,)),

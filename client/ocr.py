@@ -8,6 +8,7 @@ until it is asked for, and then fails with the command that installs it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import signal
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +26,13 @@ import numpy as np
 from client.errors import MissingDependencyError
 from client.files import JsonLines
 from client.images import OCR_MAX_ASPECT
+from client.models import OCR_RECOGNIZER, ModelRunner
+from client.ppocr import LocalOcrModels, PpOcrReader, ReaderSettings, graph_characters, ppocr_graphs
 
 OCR_ENGINES = ("rapidocr", "paddleocr", "tesseract", "none")
 """Names accepted by :func:`make_ocr_engine`; the first is the default."""
 
 DEFAULT_MIN_SCORE = 0.5
-
-MAX_TEXT_BOXES = 64
-"""Text boxes RapidOCR recognises per image, at most (the largest): recognition time grows with
-the boxes and their length, and a page of small print has hundreds. Real product photos
-have a median of 7 recognised lines (at most 28 among 60 measured); 32 would already drop
-small boxes such as a pack count on some of them."""
 
 MAX_INPUT_SIDE = 2000
 """Longest image side an engine accepts (RapidOCR's own limit; ocr_view gives at most 640)."""
@@ -50,10 +47,13 @@ class OcrEngine(ABC):
     """Reads the text in an image.
 
     Attributes:
-        name: The engine's name in :data:`OCR_ENGINES` (also the OCR cache's key).
+        name: The engine's name in :data:`OCR_ENGINES`.
+        cache_key: The OCR cache's key for this engine's texts (its name, plus the settings
+            the text depends on where it has any).
     """
 
     name: str
+    cache_key: str
 
     @abstractmethod
     def read(self, image: np.ndarray) -> str:
@@ -71,7 +71,7 @@ class OcrEngine(ABC):
 class NoOcr(OcrEngine):
     """OCR switched off: every image reads as ``""``."""
 
-    name = "none"
+    name = cache_key = "none"
 
     def __init__(self, threads: int | None = None) -> None:
         del threads  # accepted for a uniform constructor
@@ -83,61 +83,36 @@ class NoOcr(OcrEngine):
 
 
 class RapidOcrEngine(OcrEngine):
-    """RapidOCR 3.x: PaddleOCR's PP-OCR models as ONNX, bundled in the wheel (works offline).
+    """PP-OCRv6 (the ONNX graphs the rapidocr wheel bundles), read by :class:`client.ppocr.PpOcrReader`:
+    the same graphs, pre- and post-processing that a deployment serves.
 
     Args:
         min_score: Lines recognised with a lower confidence are dropped.
-        threads: ONNX Runtime intra-op threads; None uses all cores.
+        threads: ONNX Runtime intra-op threads when the graphs run here; None uses all cores.
+        run: Where the graphs run (a deployment's backend); None builds them from the wheel and
+            runs them in this process (needs onnx, as training does).
+        characters: The recogniser's alphabet; required with ``run``.
     """
 
     name = "rapidocr"
 
-    def __init__(self, min_score: float = DEFAULT_MIN_SCORE, threads: int | None = None) -> None:
-        try:
-            from rapidocr import RapidOCR
-        except ImportError as error:
-            raise MissingDependencyError(
-                "OCR engine 'rapidocr' is not installed: pip install rapidocr onnxruntime"
-            ) from error
-        # "error", not "warning": rapidocr warns on every image without text.
-        params: dict[str, Any] = {"Global.log_level": "error", "Global.text_score": min_score}
-        if threads is not None:
-            params["EngineConfig.onnxruntime.intra_op_num_threads"] = threads
+    def __init__(self, min_score: float = DEFAULT_MIN_SCORE, threads: int | None = None,
+                 run: ModelRunner | None = None, characters: list[str] | None = None) -> None:
+        if run is None:
+            graphs = ppocr_graphs()
+            run = LocalOcrModels({name: graph.SerializeToString() for name, graph in graphs.items()}, threads or 0)
+            characters = graph_characters(graphs[OCR_RECOGNIZER])
+        if characters is None:
+            raise ValueError("RapidOcrEngine with a model runner needs the recogniser's characters")
         self.min_score = min_score
-        self._engine = _with_largest_boxes_only(RapidOCR)(params=params)
+        self._reader = PpOcrReader(run, characters, ReaderSettings(min_score=min_score))
+        self.cache_key = self._reader.settings.cache_key
 
     def read(self, image: np.ndarray) -> str:
-        """Recognise text; the RGB input is handed to RapidOCR as the BGR array it expects."""
+        """Recognise text; PP-OCR's networks take BGR, as OpenCV reads images."""
         if _check_image(image) == 0:
             return ""
-        # RapidOCR treats a 3-channel ndarray as OpenCV BGR (it converts only PIL/bytes/paths).
-        result = self._engine(np.ascontiguousarray(image[:, :, ::-1]))
-        texts, scores, boxes = (getattr(result, field, None) for field in ("txts", "scores", "boxes"))
-        if texts is None or scores is None or boxes is None:  # nothing detected
-            return ""
-        return join_lines(zip(texts, scores, boxes, strict=True), self.min_score)
-
-
-def _with_largest_boxes_only(rapidocr_class: type) -> type:
-    """RapidOCR that recognises only the MAX_TEXT_BOXES largest of the boxes it detects."""
-
-    class LargestBoxesOnly(rapidocr_class):
-        def detect_and_crop(self, img, op_record):
-            crops, detected = super().detect_and_crop(img, op_record)
-            if len(crops) <= MAX_TEXT_BOXES:
-                return crops, detected
-            keep = np.sort(np.argsort(-_box_areas(detected.boxes), kind="stable")[:MAX_TEXT_BOXES])
-            detected.boxes = detected.boxes[keep]
-            detected.scores = tuple(detected.scores[i] for i in keep)
-            return [crops[i] for i in keep], detected
-
-    return LargestBoxesOnly
-
-
-def _box_areas(boxes: np.ndarray) -> np.ndarray:
-    """Areas of quadrilaterals ``[n, 4, 2]`` (shoelace formula)."""
-    x, y = boxes[..., 0].astype(np.float64), boxes[..., 1].astype(np.float64)
-    return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+        return join_lines(self._reader.read_lines(np.ascontiguousarray(image[:, :, ::-1])), self.min_score)
 
 
 class PaddleOcrEngine(OcrEngine):
@@ -153,7 +128,7 @@ class PaddleOcrEngine(OcrEngine):
         MissingDependencyError: paddleocr is not installed, or no model folders are given.
     """
 
-    name = "paddleocr"
+    name = cache_key = "paddleocr"
     INSTALL = "pip install paddleocr paddlepaddle"
 
     def __init__(
@@ -212,7 +187,7 @@ class TesseractEngine(OcrEngine):
         MissingDependencyError: pytesseract or the tesseract program is missing.
     """
 
-    name = "tesseract"
+    name = cache_key = "tesseract"
     INSTALL = "pip install pytesseract, and the program: apt-get install tesseract-ocr"
 
     def __init__(
@@ -367,8 +342,15 @@ class OcrCache:
             _log.warning("OCR cache %s: cannot write (%s); results are kept for this run only", self.path, error)
 
 
+def ocr_cache_key(engine: str | OcrEngine) -> str:
+    """The OCR cache key of an engine, or of the engine a name builds with default settings."""
+    if isinstance(engine, OcrEngine):
+        return engine.cache_key
+    return ReaderSettings().cache_key if engine == RapidOcrEngine.name else engine
+
+
 def run_ocr(
-    engine_name: str,
+    engine: str | OcrEngine,
     images: Sequence[tuple[str, np.ndarray]],
     cache: OcrCache | None = None,
     workers: int = 1,
@@ -380,10 +362,13 @@ def run_ocr(
     never stops a batch.
 
     Args:
-        engine_name: One of :data:`OCR_ENGINES`.
+        engine: An engine, or the name of one in :data:`OCR_ENGINES`.
         images: ``(sha256, RGB uint8 array)`` pairs; repeated shas are read once.
         cache: Where results are looked up first and stored as they arrive; None for none.
-        workers: Processes to run OCR in; each builds its engine once. 1 runs in-process.
+        workers: With a name, processes to run OCR in, each building its engine once (1: this
+            process, whose engine is built once and kept). With an engine, threads sharing it:
+            for an engine whose networks run elsewhere (a deployment's backend), so that one
+            image is prepared while another one's networks run.
         stop: When it is set, no further image is started (the images in progress finish)
             and the texts read so far are returned.
 
@@ -394,54 +379,62 @@ def run_ocr(
         ValueError: Unknown engine name.
         MissingDependencyError: The engine is not installed.
     """
-    if engine_name not in OCR_ENGINES:
-        raise ValueError(f"unknown OCR engine {engine_name!r}; choose one of: {', '.join(OCR_ENGINES)}")
-    if engine_name == "none":  # nothing to read, nothing worth caching
+    name = engine.name if isinstance(engine, OcrEngine) else engine
+    if name not in OCR_ENGINES:
+        raise ValueError(f"unknown OCR engine {name!r}; choose one of: {', '.join(OCR_ENGINES)}")
+    if name == "none":  # nothing to read, nothing worth caching
         return {sha: "" for sha, _ in images}
+    key = ocr_cache_key(engine)
     texts: dict[str, str] = {}
     todo: dict[str, np.ndarray] = {}
     for sha, pixels in images:
-        cached = cache.get(engine_name, sha) if cache is not None else None
+        cached = cache.get(key, sha) if cache is not None else None
         if cached is not None:
             texts[sha] = cached
         elif sha not in todo:
             todo[sha] = pixels
-    for sha, text in _read_all(engine_name, todo, workers, stop or threading.Event()):
+    for sha, text in _read_all(engine, todo, workers, stop or threading.Event()):
         texts[sha] = text or ""
         if text is not None and cache is not None:
-            cache.put(engine_name, sha, text)
+            cache.put(key, sha, text)
     return texts
 
 
 def _read_all(
-    engine_name: str, todo: Mapping[str, np.ndarray], workers: int, stop: threading.Event
+    engine: str | OcrEngine, todo: Mapping[str, np.ndarray], workers: int, stop: threading.Event
 ) -> Iterator[tuple[str, str | None]]:
-    """Yield (sha, text or None on failure) in order, in-process or in a process pool, until
+    """Yield (sha, text or None on failure) in order, from threads or a process pool, until
     ``stop`` is set."""
     if not todo:
         return
-    if workers <= 1 or len(todo) == 1:
-        engine = make_ocr_engine(engine_name)
-        for sha, pixels in todo.items():
-            if stop.is_set():
-                return
-            yield sha, _safe_read(engine, sha, pixels)
-        return
-    workers = min(workers, len(todo))
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(
-        workers, mp_context=context, initializer=_init_worker, initargs=(engine_name, threads)
-    ) as pool:
-        for sha, text in zip(todo.keys(), pool.map(_read_in_worker, todo.keys(), todo.values()), strict=True):
+    workers = max(1, min(workers, len(todo)))
+    if isinstance(engine, str) and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
+        context = multiprocessing.get_context("spawn")
+        pool: Executor = ProcessPoolExecutor(
+            workers, mp_context=context, initializer=_init_worker, initargs=(engine, threads)
+        )
+        read = _read_in_worker
+    else:
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="ocr")
+        read = functools.partial(_safe_read, engine if isinstance(engine, OcrEngine) else _engine_here(engine))
+    with pool:
+        for sha, text in zip(todo.keys(), pool.map(read, todo.keys(), todo.values()), strict=True):
             if stop.is_set():
                 pool.shutdown(wait=False, cancel_futures=True)
                 return
             yield sha, text
 
 
+@functools.cache
+def _engine_here(name: str) -> OcrEngine:
+    """This process's engine of a name, built once (building one loads its networks)."""
+    return make_ocr_engine(name)
+
+
 def _safe_read(engine: OcrEngine, sha: str, pixels: np.ndarray) -> str | None:
+    """The engine's text of one image, or None (logged) when it fails."""
     try:
         return engine.read(pixels)
     except Exception as error:  # an engine failing on one image must not stop the batch

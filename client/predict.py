@@ -38,7 +38,7 @@ from client.images import ImageFetcher, ImageStatus
 from client.inference import InferenceBackend, InProcessBackend, TritonBackend
 from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
-from client.ocr import OcrCache
+from client.ocr import OcrCache, OcrEngine, RapidOcrEngine
 from client.rows import prepare_rows
 from client.table import CatalogTable, read_catalog_csv
 from client.text import MAX_TEXT_CHARS, length_batches
@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "multimodal-price"
 JOURNAL_SUFFIX = ".journal"
+DEFAULT_OCR_WORKERS = os.cpu_count() or 1
 DETAIL_COLUMNS = ("sample_id", "price", *COMPONENTS, "has_image", "image_status", "ocr_chars", "warnings")
 
 
@@ -63,7 +64,7 @@ class PredictConfig:
     batch_size: int = 32
     max_in_flight: int = 4
     wave_rows: int = 512
-    ocr_workers: int = 1
+    ocr_workers: int = DEFAULT_OCR_WORKERS
     retries: int = 5
     details_csv: Path | None = None
     summary_json: Path | None = None
@@ -170,12 +171,20 @@ class Predictor:
         self.fetcher = fetcher
         self.ocr_cache = ocr_cache
         self.ocr_workers = ocr_workers
+        self.ocr_engine = self._ocr_engine()
         self.tokenizer = deployment.tokenizer()
         self.index = deployment.neighbour_index()
         self.index.use_gpu()
         self.priors = deployment.price_priors()
         self.weights = np.asarray(deployment.blend_weights)
         self.stop = threading.Event()
+
+    def _ocr_engine(self) -> OcrEngine | str:
+        """The deployment's OCR: its served PP-OCR networks, run by the backend; other engines
+        run here, by name."""
+        if self.settings.ocr_engine != RapidOcrEngine.name:
+            return self.settings.ocr_engine
+        return RapidOcrEngine(run=self.backend.model_runner(), characters=self.deployment.ocr_characters())
 
     def prepare(self, table: CatalogTable, rows: np.ndarray) -> Wave:
         """Images, OCR, tokens and catalogue features of `rows` (runs in a worker thread).
@@ -184,7 +193,7 @@ class Predictor:
             CancelledError: `stop` was set while the wave was being prepared.
         """
         started = time.perf_counter()
-        prepared = prepare_rows(table, rows, self.fetcher, ocr_engine=self.settings.ocr_engine,
+        prepared = prepare_rows(table, rows, self.fetcher, ocr_engine=self.ocr_engine,
                                 ocr_cache=self.ocr_cache, image_size=self.settings.image_size,
                                 ocr_workers=self.ocr_workers, tokenizer=self.tokenizer, stop=self.stop)
         if self.stop.is_set():
@@ -299,7 +308,9 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
         await asyncio.gather(*started, return_exceptions=True)
         raise
     finally:
-        preparer.shutdown(wait=True)
+        # waited for off the loop: the preparing thread's OCR may still be waiting on requests
+        # that this loop sends (served OCR on a Triton server)
+        await loop.run_in_executor(None, preparer.shutdown)
         progress.close()
 
 

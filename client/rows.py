@@ -18,7 +18,7 @@ import numpy as np
 
 from client.catalog import numeric_feature_matrix
 from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, PreparedImage, load_images
-from client.ocr import OcrCache, run_ocr
+from client.ocr import NoOcr, OcrCache, OcrEngine, run_ocr
 from client.table import CatalogTable
 from client.text import TextTokenizer, compose_text
 
@@ -57,7 +57,7 @@ def prepare_rows(
     rows: Sequence[int],
     fetcher: ImageFetcher,
     *,
-    ocr_engine: str,
+    ocr_engine: str | OcrEngine,
     ocr_cache: OcrCache | None = None,
     image_size: int = IMAGE_SIZE,
     ocr_workers: int = 1,
@@ -70,10 +70,11 @@ def prepare_rows(
         table: the catalogue rows.
         rows: indices into `table`, in the order wanted.
         fetcher: resolves image links to bytes.
-        ocr_engine: one of client.ocr.OCR_ENGINES; "none" reads no text and builds no OCR view.
+        ocr_engine: an OCR engine, or the name of one of client.ocr.OCR_ENGINES; "none" reads no
+            text and builds no OCR view.
         ocr_cache: OCR results by image SHA-256, looked up first and filled.
         image_size: side of the image encoder's square uint8 input.
-        ocr_workers: processes OCR runs in (1: in this process).
+        ocr_workers: OCR processes for an engine name (1: in this process), threads for an engine.
         tokenizer: when given, `token_ids` holds each composed text's tokens.
         stop: when it is set, no further image is fetched or read; the result is then
             incomplete and meant to be discarded.
@@ -82,8 +83,9 @@ def prepare_rows(
         The rows' inputs; images that cannot be used make their rows text-only, never an error.
     """
     catalog = [table.texts[row] for row in rows]
+    reads_nothing = (ocr_engine if isinstance(ocr_engine, str) else ocr_engine.name) == NoOcr.name
     images = load_images(fetcher, [table.image_links[row] for row in rows], size=image_size,
-                         ocr_max_side=OCR_MAX_SIDE if ocr_engine != "none" else None, stop=stop)
+                         ocr_max_side=None if reads_nothing else OCR_MAX_SIDE, stop=stop)
     readable = [(image.sha256, image.ocr_pixels) for image in images
                 if image.has_image and image.ocr_pixels is not None]
     read = run_ocr(ocr_engine, readable, ocr_cache, workers=ocr_workers, stop=stop)

@@ -16,7 +16,19 @@ import onnx
 import torch
 from torch import nn
 
-from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, ModelSpec, served_models
+from client.models import (
+    FUSION,
+    IMAGE_ENCODER,
+    LEXICAL,
+    LIGHTGBM,
+    OCR_DETECTOR,
+    OCR_RECOGNIZER,
+    TEXT_ENCODER,
+    ModelDims,
+    ModelSpec,
+    served_models,
+)
+from client.ppocr import ppocr_graphs
 from export.parity import FractionWithin, MaxAbsDiff, MinCosine, Tolerance
 
 OPSET = 17
@@ -163,6 +175,24 @@ class LightGbmExporter(OnnxExporter):
         return path
 
 
+class PpOcrExporter(OnnxExporter):
+    """Writes one of PP-OCR's two graphs, as client.ppocr.ppocr_graphs builds them from the
+    rapidocr wheel's files (served tensor names; the recogniser ending in ArgMax / ReduceMax),
+    with the spec's shapes. Nothing is trained: `export` takes no source model."""
+
+    def __init__(self, model_name: str, dims: ModelDims):
+        outputs = [tensor.name for tensor in served_models(dims)[model_name].outputs]
+        super().__init__(model_name, dims, {name: MaxAbsDiff(0.0) for name in outputs})
+
+    def export(self, model: None, path: Path) -> Path:
+        graph = ppocr_graphs()[self.model_name]
+        self._declare_shapes(graph)
+        onnx.checker.check_model(graph, full_check=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(graph, str(path))
+        return path
+
+
 def split_stack_features(matrix: np.ndarray, dims: ModelDims) -> dict[str, np.ndarray]:
     """The stacker's feature rows (training.gbm.stack_features) as the served model's named inputs."""
     inputs, start = {}, 0
@@ -176,7 +206,8 @@ def split_stack_features(matrix: np.ndarray, dims: ModelDims) -> dict[str, np.nd
 def exporters(dims: ModelDims) -> dict[str, OnnxExporter]:
     """The exporter of every served model that has a graph, by model name.
 
-    The text encoder is the fine-tuned encoder with its price head (training.finetune.PriceRegressor).
+    The text encoder is the fine-tuned encoder with its price head (training.finetune.PriceRegressor);
+    the OCR networks are PP-OCR's, as the rapidocr wheel ships them.
     """
     return {
         IMAGE_ENCODER: TorchExporter(IMAGE_ENCODER, dims, {"image_embedding": EMBEDDING}),
@@ -184,6 +215,8 @@ def exporters(dims: ModelDims) -> dict[str, OnnxExporter]:
         LEXICAL: TorchExporter(LEXICAL, dims, {"lexical_log_price": LOG_PRICE}),
         FUSION: TorchExporter(FUSION, dims, {"mlp_log_price": LOG_PRICE, "retrieval_vector": EMBEDDING}),
         LIGHTGBM: LightGbmExporter(dims),
+        OCR_DETECTOR: PpOcrExporter(OCR_DETECTOR, dims),
+        OCR_RECOGNIZER: PpOcrExporter(OCR_RECOGNIZER, dims),
     }
 
 

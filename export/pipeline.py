@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import torch
 from tqdm.auto import tqdm
 
@@ -26,6 +27,7 @@ from client.bundle import (
     BUNDLE_DIR,
     MANIFEST_FILE,
     MODEL_FILE,
+    OCR_CHARACTERS_FILE,
     PRIORS_FILE,
     REPOSITORY_DIR,
     TOKENIZER_FILE,
@@ -37,7 +39,17 @@ from client.bundle import (
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.errors import InputError
 from client.images import ImageFetcher, load_images
-from client.models import FUSION, IMAGE_ENCODER, LEXICAL, LIGHTGBM, TEXT_ENCODER, ModelDims, served_models
+from client.models import (
+    FUSION,
+    IMAGE_ENCODER,
+    LEXICAL,
+    LIGHTGBM,
+    OCR_RECOGNIZER,
+    TEXT_ENCODER,
+    ModelDims,
+    served_models,
+)
+from client.ppocr import graph_characters
 from client.retrieval import NeighbourIndex
 from export.model_card import write_model_card
 from export.onnx_export import OnnxExporter, exporters, onnx_opsets, split_stack_features
@@ -124,7 +136,7 @@ def export_graphs(loaded: LoadedRun, repository: Path) -> dict[str, Path]:
     """Writes each model's ONNX file into the model repository; returns the paths by model name."""
     paths = {}
     for name, exporter in tqdm(loaded.exporters.items(), desc="ONNX export", unit="model"):
-        paths[name] = exporter.export(loaded.models[name], repository / name / "1" / MODEL_FILE)
+        paths[name] = exporter.export(loaded.models.get(name), repository / name / "1" / MODEL_FILE)
     return paths
 
 
@@ -194,6 +206,8 @@ def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], pa
             shutil.copy(tokenizer_dir / name, bundle / name)
     NeighbourIndex.load(run.retrieval).save(bundle)
     shutil.copy(run.price_priors, bundle / PRIORS_FILE)
+    characters = graph_characters(onnx.load(str(paths[OCR_RECOGNIZER])))
+    (bundle / OCR_CHARACTERS_FILE).write_text(json.dumps(characters, ensure_ascii=False), encoding="utf-8")
     run_blend = run.read_json(run.blend)
     weights = run_blend[f"{run_blend['use']}_weights"]
     (bundle / BLEND_FILE).write_text(json.dumps({"components": list(COMPONENTS), "weights": weights,

@@ -19,7 +19,7 @@ from client.models import LEXICAL, LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpe
 CONFIG_FILE = "config.pbtxt"
 MAX_QUEUE_DELAY_US = 2000
 WARMUP_BATCH = 8
-WARMUP_SEQUENCE = 16
+WARMUP_DYNAMIC_SIZE = 32  # every dynamic axis; the OCR detector needs multiples of 32 (16 x 16 fails)
 
 _DTYPES = {"uint8": mc.TYPE_UINT8, "float32": mc.TYPE_FP32, "int64": mc.TYPE_INT64}
 
@@ -34,7 +34,7 @@ def _warmup(spec: ModelSpec) -> mc.ModelWarmup:
         warmup.inputs[tensor.name].CopyFrom(
             mc.ModelWarmup.Input(
                 data_type=_DTYPES[tensor.dtype],
-                dims=[WARMUP_SEQUENCE if d == -1 else d for d in tensor.shape],
+                dims=[WARMUP_DYNAMIC_SIZE if d == -1 else d for d in tensor.shape],
                 zero_data=True,
             )
         )

@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -15,6 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from client import ocr as ocr_module
 from client.errors import MissingDependencyError
 from client.images import ImageFetcher, load_images
+from client.models import OCR_DETECTOR, OCR_RECOGNIZER
 from client.ocr import (
     OCR_ENGINES,
     NoOcr,
@@ -25,7 +27,18 @@ from client.ocr import (
     TesseractEngine,
     join_lines,
     make_ocr_engine,
+    ocr_cache_key,
     run_ocr,
+)
+from client.ppocr import (
+    DETECTOR_FILE,
+    RECOGNIZER_FILE,
+    LocalOcrModels,
+    PpOcrReader,
+    ReaderSettings,
+    graph_characters,
+    ppocr_graphs,
+    rapidocr_models_dir,
 )
 from tests.conftest import SHARED_DATA, needs_shared_data
 
@@ -55,6 +68,17 @@ def rapid() -> RapidOcrEngine:
     return RapidOcrEngine()
 
 
+@pytest.fixture(scope="module")
+def graphs() -> dict:
+    return ppocr_graphs()
+
+
+@pytest.fixture(scope="module")
+def served(graphs) -> LocalOcrModels:
+    """The served OCR graphs, in ONNX Runtime sessions of this process."""
+    return LocalOcrModels({name: graph.SerializeToString() for name, graph in graphs.items()})
+
+
 def words(text: str) -> list[str]:
     return text.upper().split()
 
@@ -78,24 +102,59 @@ def test_rapidocr_blank_and_empty_images_read_nothing(rapid: RapidOcrEngine) -> 
     assert rapid.read(np.zeros((0, 10, 3), np.uint8)) == ""
 
 
-def test_rapidocr_gets_bgr(rapid: RapidOcrEngine, monkeypatch: pytest.MonkeyPatch) -> None:
-    """RapidOCR takes a 3-channel ndarray as OpenCV BGR, so RGB input must be reversed."""
+def test_rapidocr_gives_the_detector_bgr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PP-OCR's networks were trained on OpenCV's BGR images: RGB input must be reversed."""
     seen: list[np.ndarray] = []
 
-    def fake(image: np.ndarray) -> SimpleNamespace:
-        seen.append(image)
-        return SimpleNamespace(
-            txts=("B", "A"),
-            scores=(0.9, 0.9),
-            boxes=np.array([[[50, 0], [90, 0], [90, 20], [50, 20]], [[0, 2], [40, 2], [40, 22], [0, 22]]]),
-        )
+    def detector_only(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        seen.append(inputs["ocr_image"])
+        return {"text_probability": np.zeros((1, 1, *inputs["ocr_image"].shape[2:]), np.float32)}
 
-    monkeypatch.setattr(rapid, "_engine", fake)
-    rgb = np.zeros((4, 5, 3), np.uint8)
+    engine = RapidOcrEngine(run=detector_only, characters=["a"])
+    rgb = np.zeros((64, 96, 3), np.uint8)
     rgb[..., 0] = 200  # red
-    assert rapid.read(rgb) == "A B"  # same row: left to right
-    assert seen[0][0, 0].tolist() == [0, 0, 200]
-    assert seen[0].flags.c_contiguous
+    assert engine.read(rgb) == ""  # no text probability anywhere: no box, no recogniser call
+    (detector_input,) = seen
+    assert detector_input.shape == (1, 3, 320, 480)  # enlarged to the detector side, 480 px
+    blue, red = detector_input[0, 0].mean(), detector_input[0, 2].mean()
+    assert red > 0 > blue  # channel 2 carries the red: (200 / 255 - 0.5) / 0.5 vs (0 - 0.5) / 0.5
+
+
+def test_served_graphs_compute_what_rapidocr_s_files_compute(graphs, served) -> None:
+    """The detector is the wheel's graph renamed; the recogniser's ArgMax / ReduceMax outputs are the
+    argmax / max of the wheel graph's per-character probabilities, on a real photo's text lines."""
+    import onnxruntime as ort
+
+    prepared = load_images(ImageFetcher(IMAGES), [str(IMAGES / "21CqJblUm8L.jpg")], ocr_max_side=640)[0]
+    bgr = np.ascontiguousarray(prepared.ocr_pixels[:, :, ::-1])
+    reader = PpOcrReader(served, graph_characters(graphs[OCR_RECOGNIZER]))
+    calls: dict[str, tuple[dict, dict]] = {}
+
+    def recording(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls[model] = (inputs, served(model, inputs))
+        return calls[model][1]
+
+    reader.run = recording
+    assert reader.read_lines(bgr)
+    originals = {name: ort.InferenceSession(str(rapidocr_models_dir() / file))
+                 for name, file in ((OCR_DETECTOR, DETECTOR_FILE), (OCR_RECOGNIZER, RECOGNIZER_FILE))}
+    inputs, outputs = calls[OCR_DETECTOR]
+    (probability,) = originals[OCR_DETECTOR].run(None, {"x": inputs["ocr_image"]})
+    np.testing.assert_array_equal(outputs["text_probability"], probability)
+    inputs, outputs = calls[OCR_RECOGNIZER]
+    (per_character,) = originals[OCR_RECOGNIZER].run(None, {"x": inputs["text_lines"]})
+    np.testing.assert_array_equal(outputs["char_index"], per_character.argmax(axis=2))
+    np.testing.assert_array_equal(outputs["char_probability"], per_character.max(axis=2))
+
+
+def test_reads_at_most_max_boxes_the_largest(graphs, served) -> None:
+    bgr = np.ascontiguousarray(label(*(f"LINE {'W' * i}" for i in range(1, 7)))[:, :, ::-1])
+    characters = graph_characters(graphs[OCR_RECOGNIZER])
+    every = PpOcrReader(served, characters, ReaderSettings(max_boxes=24)).read_lines(bgr)
+    capped = PpOcrReader(served, characters, ReaderSettings(max_boxes=2)).read_lines(bgr)
+    assert len(every) == 6 and len(capped) == 2
+    areas = sorted((cv2.contourArea(box.astype(np.float32)) for _, _, box in every), reverse=True)
+    assert sorted((cv2.contourArea(box.astype(np.float32)) for _, _, box in capped), reverse=True) == areas[:2]
 
 
 @pytest.mark.parametrize(
@@ -200,10 +259,12 @@ class CountingEngine(OcrEngine):
 
 
 @pytest.fixture()
-def counting(monkeypatch: pytest.MonkeyPatch) -> type[CountingEngine]:
+def counting(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[CountingEngine]]:
     CountingEngine.calls = 0
     monkeypatch.setattr(ocr_module, "make_ocr_engine", lambda name, **options: CountingEngine())
-    return CountingEngine
+    ocr_module._engine_here.cache_clear()  # run_ocr keeps the engine it built per name
+    yield CountingEngine
+    ocr_module._engine_here.cache_clear()
 
 
 def test_run_ocr_uses_and_fills_cache(counting: type[CountingEngine], tmp_path: Path) -> None:
@@ -227,7 +288,8 @@ def test_run_ocr_failure_reads_empty_and_is_not_cached(
         "rapidocr", [("bad", np.zeros((13, 8, 3), np.uint8)), ("ok", np.zeros((8, 8, 3), np.uint8))], cache
     )
     assert texts == {"bad": "", "ok": "mean 0"}
-    assert cache.get("rapidocr", "bad") is None and cache.get("rapidocr", "ok") == "mean 0"
+    key = ocr_cache_key("rapidocr")
+    assert cache.get(key, "bad") is None and cache.get(key, "ok") == "mean 0"
 
 
 def test_run_ocr_rejects_unknown_engine() -> None:
@@ -250,7 +312,7 @@ def test_run_ocr_in_worker_processes(tmp_path: Path) -> None:
         "two": ["DARK", "ROAST", "COFFEE"],
         "three": ["SEA", "SALT"],
     }
-    assert OcrCache(cache.path).get("rapidocr", "two") == texts["two"]
+    assert OcrCache(cache.path).get(ocr_cache_key("rapidocr"), "two") == texts["two"]
 
 
 def test_run_ocr_worker_surfaces_missing_dependency(tmp_path: Path) -> None:

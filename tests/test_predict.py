@@ -66,10 +66,26 @@ def test_in_process_gives_one_positive_price_per_row_in_input_order(tmp_path, de
     assert not output.with_name(output.name + ".journal").exists()
 
 
-def test_triton_and_in_process_agree_on_every_row(tmp_path, deployment, cache_dir, triton_server, labelled_rows_csv):
-    local, local_summary = run_predict(tmp_path, deployment, cache_dir, labelled_rows_csv, "local")
-    remote, remote_summary = run_predict(tmp_path, deployment, cache_dir, labelled_rows_csv, "remote",
-                                         urls=[triton_server.url])
+def read_ocr_cache(cache: Path) -> dict[str, str]:
+    """Image SHA-256 -> the text the run's OCR read (its OCR cache, one JSON line per image)."""
+    lines = (cache / "ocr_cache.jsonl").read_text(encoding="utf-8").splitlines()
+    return {record["sha256"]: record["text"] for record in map(json.loads, lines)}
+
+
+def test_triton_and_in_process_read_the_same_text_and_agree_on_every_row(
+        tmp_path, deployment, triton_server, labelled_rows_csv):
+    """Empty caches on both sides: every photo is read by the served OCR networks, in-process on
+    one side and on the Triton server on the other."""
+    statistics = grpcclient.InferenceServerClient(triton_server.url)
+    before = statistics.get_inference_statistics("ocr_recognizer", as_json=True)["model_stats"][0]
+    local, local_summary = run_predict(tmp_path, deployment, tmp_path / "local-cache", labelled_rows_csv, "local")
+    remote, remote_summary = run_predict(tmp_path, deployment, tmp_path / "remote-cache", labelled_rows_csv,
+                                         "remote", urls=[triton_server.url])
+    after = statistics.get_inference_statistics("ocr_recognizer", as_json=True)["model_stats"][0]
+    local_texts, remote_texts = read_ocr_cache(tmp_path / "local-cache"), read_ocr_cache(tmp_path / "remote-cache")
+    assert len(local_texts) == 58 and sum(1 for text in local_texts.values() if text) >= 40
+    assert remote_texts == local_texts
+    assert int(after["inference_count"]) > int(before.get("inference_count", 0))  # the server read them
     local_prices, remote_prices = read_prices(local), read_prices(remote)
     assert list(local_prices) == list(remote_prices) == input_ids(labelled_rows_csv)
     np.testing.assert_allclose(list(remote_prices.values()), list(local_prices.values()), rtol=1e-5)

@@ -35,7 +35,7 @@ def test_every_committed_config_parses_and_names_its_folder():
 def requests_on_real_rows(deployment, tmp_path_factory):
     """Ensemble requests built by the client from 64 real sample rows (with and without images)."""
     loaded = Deployment.load(deployment)
-    predictor = Predictor(loaded, None, ImageFetcher(SAMPLE / "images"),
+    predictor = Predictor(loaded, InProcessBackend(loaded), ImageFetcher(SAMPLE / "images"),
                           OcrCache(tmp_path_factory.mktemp("ocr") / "ocr.jsonl"), ocr_workers=1)
     table = read_catalog_csv(SAMPLE / "train.csv")
     wave = predictor.prepare(table, np.arange(64))

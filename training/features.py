@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from client.files import atomic_write
 from client.images import IMAGE_SIZE, ImageFetcher
-from client.ocr import OcrCache
+from client.ocr import OcrCache, ocr_cache_key
 from client.rows import prepare_rows
 from client.table import CatalogTable
 from training.encoders import ImageEncoder, describe_image_encoder, load_image_encoder
@@ -124,8 +124,8 @@ def extract_features(
         Row-aligned features; `chunks_computed` / `chunks_reused` tell what was redone.
     """
     identities = {"image_encoder": describe_image_encoder(settings.image_encoder)}
-    fingerprint = json.dumps({"settings": asdict(settings), "models": identities, "store_version": _STORE_VERSION},
-                             sort_keys=True)
+    fingerprint = json.dumps({"settings": asdict(settings), "models": identities, "store_version": _STORE_VERSION,
+                              "ocr": ocr_cache_key(settings.ocr_engine)}, sort_keys=True)
     # loaded on first use only, so a fully cached run loads no encoder
     image_encoder = functools.cache(lambda: load_image_encoder(settings.image_encoder)[0])
     ocr_cache = OcrCache(store / "ocr_cache.jsonl")

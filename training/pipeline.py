@@ -45,6 +45,7 @@ from client.blend import (
 )
 from client.catalog import NUMERIC_FEATURE_NAMES
 from client.images import ImageFetcher, summarise
+from client.ocr import ocr_cache_key
 from client.priors import PricePriors
 from client.retrieval import NeighbourIndex
 from client.table import CatalogTable, read_catalog_csv
@@ -356,7 +357,7 @@ def _coverage(config: TrainConfig, features: Features, token_counts: np.ndarray)
     ocr_rows = sum(1 for text in features.ocr_texts if text)
     return {
         "images": {**summarise(features.image_status), "with_image": int(has_image.sum())},
-        "ocr": {"engine": config.ocr_engine, "rows_with_text": ocr_rows,
+        "ocr": {"engine": config.ocr_engine, "reader": ocr_cache_key(config.ocr_engine), "rows_with_text": ocr_rows,
                 "coverage_of_images": ocr_rows / max(1, int(has_image.sum()))},
         "tokens": {"max_tokens": config.max_tokens, "truncated_rows": int((token_counts >= config.max_tokens).sum())},
     }

@@ -34,7 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=non_negative_int, default=PredictConfig.retries,
                         help="attempts per batch after the first while servers are unavailable (default: %(default)s)")
     parser.add_argument("--ocr-workers", type=positive_int, default=PredictConfig.ocr_workers,
-                        help="OCR processes (default: %(default)s)")
+                        help="images read at once: threads for the deployment's served OCR networks, processes "
+                             "for other OCR engines (default: the cores, %(default)s)")
     parser.add_argument("--details", type=Path, help="also write each component's estimate and warnings per row")
     parser.add_argument("--summary", type=Path, help="also write a JSON summary (rows, images, OCR, rows/s)")
     parser.add_argument("--restart", action="store_true", help="ignore the journal of an interrupted run")

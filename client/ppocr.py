@@ -1,0 +1,221 @@
+"""PP-OCR text reading with its two networks served like the other models.
+
+The detector and the recogniser are the ONNX graphs that the rapidocr wheel bundles (PP-OCRv6
+small). Export copies them into the model repository, so a Triton server runs them (on its GPU
+when it has one) and `client predict` without --url runs the same files in-process. The client
+keeps the pre- and post-processing, taken from rapidocr's own modules: resize and normalise for
+the detector, boxes from its probability map (DB post-processing), crops, resize for the
+recogniser and CTC decoding. The recogniser's graph ends in ArgMax / ReduceMax over its 18,710
+characters, so each text line comes back as one index and one probability per step, not as a
+probability per character.
+
+Cheaper than rapidocr's defaults, measured on real product photos (``benchmarks/ocr_cost.py``):
+the detector reads the image at :data:`ReaderSettings.detector_side` px on its longest side
+instead of enlarging its short side to 736 px; the angle classifier is left out; at most
+:data:`ReaderSettings.max_boxes` boxes are read, the largest; text lines are padded to a
+multiple of 32 px instead of to 320 px, and lines of one width are read in one batch.
+
+This module does not import onnx; :func:`ppocr_graphs` (training and export) does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rapidocr.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
+from rapidocr.ch_ppocr_rec.utils import CTCLabelDecode
+from rapidocr.utils.process_img import get_rotate_crop_image
+
+from client.errors import MissingDependencyError
+from client.models import OCR_DETECTOR, OCR_RECOGNIZER, ModelRunner
+
+DETECTOR_FILE = "PP-OCRv6_det_small.onnx"
+RECOGNIZER_FILE = "PP-OCRv6_rec_small.onnx"
+
+_NORMALISE = 0.5  # PP-OCR's mean and std, every channel
+_LINE_HEIGHT = 48
+
+
+@dataclass(frozen=True)
+class ReaderSettings:
+    """What the text read from an image depends on, besides the two graphs.
+
+    Attributes:
+        detector_side: longest side of the detector's input, px (images are scaled to it, both
+            sides then rounded to multiples of 32); smaller images are enlarged first, so the
+            recogniser also reads their crops at this scale.
+        max_boxes: text boxes read per image, at most: the largest.
+        line_width_step: text lines are padded on the right to a multiple of this width, px
+            (at the recogniser's 48 px height); lines of one width are read in one batch.
+        min_line_width: narrower lines are padded to this width (rapidocr pads to 320 px).
+        min_score: lines recognised with a lower mean confidence are dropped.
+        box_threshold: detector boxes with a lower mean probability are dropped.
+    """
+
+    detector_side: int = 480
+    max_boxes: int = 24
+    line_width_step: int = 32
+    min_line_width: int = 32
+    min_score: float = 0.5
+    box_threshold: float = 0.5
+
+    @property
+    def cache_key(self) -> str:
+        """The OCR cache's engine key: texts read with other settings are not reused."""
+        return (f"ppocrv6-small/det{self.detector_side}/boxes{self.max_boxes}/lines{self.line_width_step}"
+                f"-{self.min_line_width}/score{self.min_score:g}")
+
+
+class PpOcrReader:
+    """Reads the text lines of an image with the served PP-OCR detector and recogniser.
+
+    Args:
+        run: runs a served model (in-process ONNX Runtime, or a Triton server).
+        characters: the recogniser's alphabet (:func:`graph_characters`; a deployment ships it).
+        settings: detector size, box cap and thresholds.
+    """
+
+    def __init__(self, run: ModelRunner, characters: list[str], settings: ReaderSettings = ReaderSettings()):
+        self.run = run
+        self.settings = settings
+        self._resize = DetPreProcess(settings.detector_side, "max", [_NORMALISE] * 3, [_NORMALISE] * 3)
+        self._boxes = DBPostProcess(thresh=0.3, box_thresh=settings.box_threshold, max_candidates=1000,
+                                    unclip_ratio=1.6, score_mode="fast", use_dilation=True)
+        self._decode = CTCLabelDecode(character=list(characters))
+
+    def read_lines(self, bgr: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
+        """The recognised lines of a BGR uint8 image: (text, confidence, box [4, 2]) each,
+        every box the detector found (up to ``max_boxes``, the largest), blank lines included."""
+        longest = max(bgr.shape[:2])
+        if 0 < longest < self.settings.detector_side:  # small print in a small image needs the pixels
+            scale = self.settings.detector_side / longest
+            bgr = cv2.resize(bgr, (round(bgr.shape[1] * scale), round(bgr.shape[0] * scale)),
+                             interpolation=cv2.INTER_CUBIC)
+        detector_input = self._resize(bgr)
+        if detector_input is None:  # an image too small to be rounded to 32 px
+            return []
+        probability = self.run(OCR_DETECTOR, {"ocr_image": detector_input})["text_probability"]
+        boxes, _ = self._boxes(probability, bgr.shape[:2])
+        if len(boxes) == 0:
+            return []
+        boxes = np.asarray(boxes, dtype=np.float32)
+        if len(boxes) > self.settings.max_boxes:
+            largest = np.argsort(-_areas(boxes), kind="stable")[: self.settings.max_boxes]
+            boxes = boxes[np.sort(largest)]
+        crops = [get_rotate_crop_image(bgr, box.copy()) for box in boxes]
+        return [(text, score, box) for (text, score), box in zip(self._recognise(crops), boxes, strict=True)]
+
+    def _recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """(text, confidence) of each crop: resized to 48 px high, its width rounded up to a
+        multiple of ``line_width_step`` (padded on the right); crops of the same width go to the
+        recogniser in one batch, so little of what it reads is padding."""
+        step = self.settings.line_width_step
+        widths = [max(1, math.ceil(_LINE_HEIGHT * crop.shape[1] / crop.shape[0])) for crop in crops]
+        padded = [max(self.settings.min_line_width, math.ceil(width / step) * step) for width in widths]
+        lines: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        for batch_width in sorted(set(padded)):
+            members = [i for i, width in enumerate(padded) if width == batch_width]
+            batch = np.zeros((len(members), 3, _LINE_HEIGHT, batch_width), dtype=np.float32)
+            for slot, i in enumerate(members):
+                resized = cv2.resize(crops[i], (widths[i], _LINE_HEIGHT)).transpose(2, 0, 1).astype(np.float32)
+                batch[slot, :, :, : widths[i]] = (resized / 255 - _NORMALISE) / _NORMALISE
+            outputs = self.run(OCR_RECOGNIZER, {"text_lines": batch})
+            decoded, _ = self._decode.decode(outputs["char_index"], outputs["char_probability"], remove_duplicate=True)
+            for slot, i in enumerate(members):
+                lines[i] = decoded[slot]
+        return lines
+
+
+def _areas(boxes: np.ndarray) -> np.ndarray:
+    """Areas of quadrilaterals ``[n, 4, 2]`` (shoelace formula)."""
+    x, y = boxes[..., 0].astype(np.float64), boxes[..., 1].astype(np.float64)
+    return 0.5 * np.abs((x * np.roll(y, -1, axis=1) - np.roll(x, -1, axis=1) * y).sum(axis=1))
+
+
+def rapidocr_models_dir() -> Path:
+    """The folder of the ONNX models inside the installed rapidocr wheel."""
+    import rapidocr
+
+    return Path(rapidocr.__file__).parent / "models"
+
+
+def ppocr_graphs(models_dir: Path | None = None) -> dict:
+    """The two served graphs, built from rapidocr's bundled files: ``{model name: onnx.ModelProto}``.
+
+    The detector is renamed to the served tensor names (``ocr_image`` -> ``text_probability``);
+    the recogniser (``text_lines``) gets ArgMax and ReduceMax over its character axis
+    (``char_index``, ``char_probability``) in place of its per-character probabilities.
+
+    Raises:
+        MissingDependencyError: onnx is not installed, or the wheel lacks the model files.
+    """
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError as error:
+        raise MissingDependencyError("building the OCR graphs needs onnx: pip install onnx") from error
+    models_dir = models_dir or rapidocr_models_dir()
+    paths = {OCR_DETECTOR: models_dir / DETECTOR_FILE, OCR_RECOGNIZER: models_dir / RECOGNIZER_FILE}
+    missing = [str(path) for path in paths.values() if not path.is_file()]
+    if missing:
+        raise MissingDependencyError(f"rapidocr's models are missing ({', '.join(missing)}): "
+                                     "pip install --force-reinstall 'rapidocr>=3.10,<4'")
+    detector = onnx.load(str(paths[OCR_DETECTOR]))
+    _rename(detector.graph, {"x": "ocr_image", "fetch_name_0": "text_probability"})
+    recognizer = onnx.load(str(paths[OCR_RECOGNIZER]))
+    _rename(recognizer.graph, {"x": "text_lines"})
+    (scores,) = recognizer.graph.output
+    steps = helper.make_tensor_value_info("char_index", onnx.TensorProto.INT64, ["batch", "steps"])
+    probability = helper.make_tensor_value_info("char_probability", onnx.TensorProto.FLOAT, ["batch", "steps"])
+    recognizer.graph.node.extend([
+        helper.make_node("ArgMax", [scores.name], ["char_index"], axis=2, keepdims=0),
+        helper.make_node("ReduceMax", [scores.name], ["char_probability"], axes=[2], keepdims=0),
+    ])
+    del recognizer.graph.output[:]
+    recognizer.graph.output.extend([steps, probability])
+    for graph in (detector, recognizer):
+        onnx.checker.check_model(graph)
+    return {OCR_DETECTOR: detector, OCR_RECOGNIZER: recognizer}
+
+
+def _rename(graph, names: dict[str, str]) -> None:
+    """Renames graph inputs and outputs, and every node's use of them."""
+    for value in (*graph.input, *graph.output):
+        value.name = names.get(value.name, value.name)
+    for node in graph.node:
+        node.input[:] = [names.get(name, name) for name in node.input]
+        node.output[:] = [names.get(name, name) for name in node.output]
+
+
+def graph_characters(recognizer) -> list[str]:
+    """The recogniser's alphabet from its ONNX metadata (as rapidocr reads it)."""
+    metadata = {entry.key: entry.value for entry in recognizer.metadata_props}
+    return metadata["character"].splitlines()
+
+
+class LocalOcrModels:
+    """The two OCR graphs in ONNX Runtime sessions of this process (a :data:`ModelRunner`).
+
+    Args:
+        graphs: serialised ONNX models (bytes) or files, by served model name.
+        threads: ONNX Runtime intra-op threads; 0 uses every core.
+    """
+
+    def __init__(self, graphs: dict[str, bytes | Path], threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self.sessions = {name: ort.InferenceSession(graph if isinstance(graph, bytes) else str(graph), options,
+                                                    providers=["CPUExecutionProvider"])
+                         for name, graph in graphs.items()}
+
+    def __call__(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        session = self.sessions[model]
+        names = [output.name for output in session.get_outputs()]
+        return dict(zip(names, session.run(names, inputs), strict=True))
