@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from client.blend import smape
-from client.images import ImageFetcher, ImageStatus, link_name, prepare_fetched
+from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, link_name, prepare_fetched
 from client.models import OCR_RECOGNIZER
 from client.ocr import join_lines
 from client.ppocr import LocalOcrModels, PpOcrReader, ReaderSettings, graph_characters, ppocr_graphs
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     for row, link in enumerate(table.image_links):
         if not (DATA / "images" / link_name(link)).is_file():  # no photo here: nothing is downloaded
             continue
-        prepared = prepare_fetched(fetcher.fetch(link), ocr_max_side=640)
+        prepared = prepare_fetched(fetcher.fetch(link), ocr_max_side=OCR_MAX_SIDE)
         if prepared.status is ImageStatus.OK and prepared.sha256 and prepared.ocr_pixels is not None:
             sha_of_row[row] = prepared.sha256
             if not args.photos or len(views) < args.photos or prepared.sha256 in views:

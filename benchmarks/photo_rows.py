@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from client.bundle import Deployment
-from client.images import ImageFetcher, ImageStatus, prepare_fetched
+from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
 from client.links import LinkPolicy
 from client.ocr import run_ocr
 from client.predict import PredictConfig, predict
@@ -104,7 +104,7 @@ def stage_seconds(csv_path: Path, deployment: Deployment) -> dict[str, float]:
         return result
 
     fetched = timed("download (8 threads)", lambda: fetcher.fetch_many(links))
-    prepared = timed("decode and resize", lambda: [prepare_fetched(f, ocr_max_side=640) for f in fetched])
+    prepared = timed("decode and resize", lambda: [prepare_fetched(f, ocr_max_side=OCR_MAX_SIDE) for f in fetched])
     readable = [(p.sha256, p.ocr_pixels) for p in prepared if p.status is ImageStatus.OK]
     timed("OCR", lambda: run_ocr(deployment.settings.ocr_engine, readable))
     pixels = np.stack([p.pixels for p in prepared if p.pixels is not None])

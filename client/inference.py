@@ -56,7 +56,7 @@ class InferenceBackend(ABC):
 
 
 class InProcessBackend(InferenceBackend):
-    """The ensembles' steps run here with ONNX Runtime over the deployment's model files.
+    """The ensembles' steps, and the OCR networks, run here with ONNX Runtime over the deployment's model files.
 
     Args:
         deployment: the verified deployment folder.

@@ -35,7 +35,7 @@ OCR_ENGINES = ("rapidocr", "paddleocr", "tesseract", "none")
 DEFAULT_MIN_SCORE = 0.5
 
 MAX_INPUT_SIDE = 2000
-"""Longest image side an engine accepts (RapidOCR's own limit; ocr_view gives at most 640)."""
+"""Longest image side an engine accepts (rapidocr's limit, kept for every engine; ocr_view gives at most 640)."""
 
 _log = logging.getLogger(__name__)
 

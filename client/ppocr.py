@@ -89,7 +89,8 @@ class PpOcrReader:
 
     def read_lines(self, bgr: np.ndarray) -> list[tuple[str, float, np.ndarray]]:
         """The recognised lines of a BGR uint8 image: (text, confidence, box [4, 2]) each,
-        every box the detector found (up to ``max_boxes``, the largest), blank lines included."""
+        every box the detector found (up to ``max_boxes``, the largest), blank lines included.
+        Boxes are in the pixels of the image as read: enlarged to ``detector_side`` when smaller."""
         longest = max(bgr.shape[:2])
         if 0 < longest < self.settings.detector_side:  # small print in a small image needs the pixels
             scale = self.settings.detector_side / longest
