@@ -9,6 +9,12 @@ recogniser and CTC decoding. The recogniser's graph ends in ArgMax / ReduceMax o
 characters, so each text line comes back as one index and one probability per step, not as a
 probability per character.
 
+The recogniser is served in INT8 (static QDQ quantisation of its convolutions and matrix
+products by ONNX Runtime's quantisation tools), with the activation ranges calibrated once on
+text lines of real product photos and committed beside this module
+(:data:`RECOGNIZER_CALIBRATION`, written by ``scripts/calibrate_ocr.py``), so every export
+builds the same graph. The detector stays FP32: INT8 made it slower on this CPU.
+
 Cheaper than rapidocr's defaults, measured on real product photos (``benchmarks/ocr_cost.py``):
 the detector reads the image at :data:`ReaderSettings.detector_side` px on its longest side
 instead of enlarging its short side to 736 px; the angle classifier is left out; at most
@@ -20,7 +26,10 @@ This module does not import onnx; :func:`ppocr_graphs` (training and export) doe
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +44,9 @@ from client.models import OCR_DETECTOR, OCR_RECOGNIZER, ModelRunner
 
 DETECTOR_FILE = "PP-OCRv6_det_small.onnx"
 RECOGNIZER_FILE = "PP-OCRv6_rec_small.onnx"
+RECOGNIZER_CALIBRATION = Path(__file__).with_name("ppocr_recognizer_calibration.json")
+# the served graphs, in the OCR cache key: text read by other graphs is not reused
+SERVED_GRAPHS = "ppocrv6-small/rec-int8"
 
 _NORMALISE = 0.5  # PP-OCR's mean and std, every channel
 _LINE_HEIGHT = 48
@@ -66,7 +78,7 @@ class ReaderSettings:
     @property
     def cache_key(self) -> str:
         """The OCR cache's engine key: texts read with other settings are not reused."""
-        return (f"ppocrv6-small/det{self.detector_side}/boxes{self.max_boxes}/lines{self.line_width_step}"
+        return (f"{SERVED_GRAPHS}/det{self.detector_side}/boxes{self.max_boxes}/lines{self.line_width_step}"
                 f"-{self.min_line_width}/score{self.min_score:g}")
 
 
@@ -144,22 +156,30 @@ def rapidocr_models_dir() -> Path:
     return Path(rapidocr.__file__).parent / "models"
 
 
-def ppocr_graphs(models_dir: Path | None = None) -> dict:
+def ppocr_graphs(models_dir: Path | None = None, *, int8_recognizer: bool = True) -> dict:
     """The two served graphs, built from rapidocr's bundled files: ``{model name: onnx.ModelProto}``.
 
     The detector is renamed to the served tensor names (``ocr_image`` -> ``text_probability``);
     the recogniser (``text_lines``) gets ArgMax and ReduceMax over its character axis
-    (``char_index``, ``char_probability``) in place of its per-character probabilities.
+    (``char_index``, ``char_probability``) in place of its per-character probabilities, and is
+    quantised to INT8 with the committed calibration (:func:`quantize_recognizer`).
+
+    Args:
+        models_dir: the folder of rapidocr's ONNX files; None: the installed wheel's.
+        int8_recognizer: False leaves the recogniser in FP32 (to calibrate it, or compare).
 
     Raises:
         MissingDependencyError: onnx is not installed, or the wheel lacks the model files.
     """
-    try:
-        import onnx
-        from onnx import helper
-    except ImportError as error:
-        raise MissingDependencyError("building the OCR graphs needs onnx: pip install onnx") from error
-    models_dir = models_dir or rapidocr_models_dir()
+    onnx, _ = _import_onnx()
+    built = _build_graphs(models_dir or rapidocr_models_dir(), int8_recognizer)
+    return {name: onnx.load_from_string(graph) for name, graph in built.items()}
+
+
+@functools.cache
+def _build_graphs(models_dir: Path, int8_recognizer: bool) -> dict[str, bytes]:
+    """:func:`ppocr_graphs`, serialised, built once per process (quantisation takes seconds)."""
+    onnx, helper = _import_onnx()
     paths = {OCR_DETECTOR: models_dir / DETECTOR_FILE, OCR_RECOGNIZER: models_dir / RECOGNIZER_FILE}
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:
@@ -178,9 +198,64 @@ def ppocr_graphs(models_dir: Path | None = None) -> dict:
     ])
     del recognizer.graph.output[:]
     recognizer.graph.output.extend([steps, probability])
+    if int8_recognizer:
+        recognizer = quantize_recognizer(recognizer)
     for graph in (detector, recognizer):
         onnx.checker.check_model(graph)
-    return {OCR_DETECTOR: detector, OCR_RECOGNIZER: recognizer}
+    return {OCR_DETECTOR: detector.SerializeToString(), OCR_RECOGNIZER: recognizer.SerializeToString()}
+
+
+def quantize_recognizer(recognizer, calibration: Path = RECOGNIZER_CALIBRATION,
+                        calibration_inputs: Iterable[dict[str, np.ndarray]] | None = None):
+    """The recogniser with INT8 convolutions and matrix products (static QDQ, per-channel weights).
+
+    Activation ranges come from ``calibration``, ONNX Runtime's calibration cache (min/max per
+    tensor). With ``calibration_inputs`` and no file at ``calibration``, ONNX Runtime first
+    runs the FP32 graph on those inputs and writes the file. Weights are 7-bit (``reduce_range``):
+    this CPU's AVX2 integer kernels (no VNNI) could overflow with 8-bit weights.
+
+    Args:
+        recognizer: the FP32 recogniser, as :func:`ppocr_graphs` builds it.
+        calibration: the calibration cache file.
+        calibration_inputs: recogniser inputs (``{"text_lines": [n, 3, 48, width]}``) to calibrate on.
+
+    Raises:
+        FileNotFoundError: no calibration file and no inputs to calibrate on.
+    """
+    onnx, _ = _import_onnx()
+    from onnx import version_converter
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationMethod
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Inputs(CalibrationDataReader):
+        def __init__(self, inputs: Iterable[dict[str, np.ndarray]]):
+            self.inputs = iter(inputs)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.inputs, None)
+
+    if calibration_inputs is None and not calibration.is_file():
+        raise FileNotFoundError(f"no OCR recogniser calibration at {calibration}: run scripts/calibrate_ocr.py")
+    with tempfile.TemporaryDirectory(prefix="ppocr-int8-") as folder:
+        fp32, prepared, int8 = (str(Path(folder) / name) for name in ("fp32.onnx", "prepared.onnx", "int8.onnx"))
+        onnx.save(version_converter.convert_version(recognizer, 13), fp32)  # per-channel QDQ needs opset 13
+        quant_pre_process(fp32, prepared, skip_symbolic_shape=True)
+        quantize_static(prepared, int8, Inputs(calibration_inputs or []), calibration_cache_path=calibration,
+                        quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=["Conv", "MatMul"], calibrate_method=CalibrationMethod.MinMax,
+                        extra_options={"CalibMovingAverage": True})
+        return onnx.load(int8)
+
+
+def _import_onnx():
+    try:
+        import onnx
+        from onnx import helper
+    except ImportError as error:
+        raise MissingDependencyError("building the OCR graphs needs onnx: pip install onnx") from error
+    return onnx, helper
 
 
 def _rename(graph, names: dict[str, str]) -> None:
