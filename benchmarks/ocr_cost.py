@@ -1,13 +1,15 @@
 """What OCR costs and what it is worth, before and after, on the same real photos.
 
-    python benchmarks/ocr_cost.py [--photos 0] [--folds 5]
+    python benchmarks/ocr_cost.py [--photos 0] [--folds 5] [--before-cache OCR_CACHE.jsonl]
 
 Before: rapidocr's own pipeline with its defaults, as the client ran it until now (detector
 input with its short side enlarged to 736 px, angle classifier, recogniser batches of 6 lines
 padded to at least 320 px). After: client.ppocr.PpOcrReader with the deployment's settings
 (`ReaderSettings()`), its networks in ONNX Runtime sessions of this process, one image per core.
 Both read the same OCR views (client.images.ocr_view) of the train rows' photos in
-../shared/data/amazon2025/images.
+../shared/data/amazon2025/images. With --before-cache, the texts read before come from an OCR
+cache that the client wrote before (engine key "rapidocr", e.g. a training run's
+features/ocr_cache.jsonl): only the photos it lacks are read, and timed, with rapidocr.
 
 Printed: milliseconds per photo (wall time over all photos / photos), characters read, and how
 much of the text read before is read after (characters in common over the characters read
@@ -34,7 +36,7 @@ import numpy as np
 from client.blend import smape
 from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, link_name, prepare_fetched
 from client.models import OCR_RECOGNIZER
-from client.ocr import join_lines
+from client.ocr import OcrCache, join_lines
 from client.ppocr import LocalOcrModels, PpOcrReader, ReaderSettings, graph_characters, ppocr_graphs
 from client.table import read_catalog_csv
 from client.text import compose_text
@@ -76,6 +78,18 @@ def read_all(read: Callable[[np.ndarray], str], views: dict[str, np.ndarray], wo
     return texts, time.perf_counter() - started
 
 
+def texts_before(views: dict[str, np.ndarray], cache: Path | None) -> tuple[dict[str, str], float | None]:
+    """The texts read before, from `cache` where it has them, the rest read by rapidocr's defaults;
+    and rapidocr's milliseconds per photo (None when every text came from the cache)."""
+    cached = OcrCache(cache) if cache else None
+    texts = {sha: text for sha in views if cached and (text := cached.get("rapidocr", sha)) is not None}
+    todo = {sha: view for sha, view in views.items() if sha not in texts}
+    if not todo:
+        return texts, None
+    read, seconds = read_all(rapidocr_defaults(), todo, workers=1)  # it runs its sessions on every core
+    return texts | read, 1000 * seconds / len(todo)
+
+
 def common_characters(before: str, after: str) -> int:
     matcher = difflib.SequenceMatcher(None, before, after, autojunk=False)
     return sum(block.size for block in matcher.get_matching_blocks())
@@ -86,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--photos", type=int, default=0, help="read only the first N photos (0: all)")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--before-cache", type=Path, help="OCR cache with the texts read before (engine 'rapidocr')")
     for field in fields(ReaderSettings):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                             default=field.default, help="the reader after (default: the deployment's, %(default)s)")
@@ -106,17 +121,19 @@ def main(argv: list[str] | None = None) -> int:
                 views.setdefault(prepared.sha256, prepared.ocr_pixels)
     sha_of_row = {row: sha for row, sha in sha_of_row.items() if sha in views}
 
-    before, before_s = read_all(rapidocr_defaults(), views, workers=1)  # it runs its sessions on every core
+    before, before_ms = texts_before(views, args.before_cache)
     read_after, workers = served_reader(settings)
     after, after_s = read_all(read_after, views, workers)
     read_before = sum(len(text) for text in before.values())
     common = sum(common_characters(before[sha], after[sha]) for sha in views)
     print(f"{len(views)} photos (OCR views, longest side <= 640 px), 2-core machine")
-    print(f"  before (rapidocr defaults)   {1000 * before_s / len(views):7.1f} ms/photo   {read_before} characters")
+    before_time = f"{before_ms:7.1f} ms/photo" if before_ms is not None else "  (from the cache)"
+    print(f"  before (rapidocr defaults)   {before_time}   {read_before} characters")
     print(f"  after  (served PP-OCR, {settings.cache_key})")
     print(f"                               {1000 * after_s / len(views):7.1f} ms/photo   "
           f"{sum(len(t) for t in after.values())} characters, {workers} images at once")
-    print(f"  speed-up {before_s / after_s:.2f}x; text read before that is read after: {common / max(1, read_before):.1%}; "
+    speed_up = f"{before_ms / (1000 * after_s / len(views)):.2f}x" if before_ms is not None else "not measured"
+    print(f"  speed-up {speed_up}; text read before that is read after: {common / max(1, read_before):.1%}; "
           f"photos read identically: {sum(before[s] == after[s] for s in views)}/{len(views)}")
 
     rows = np.arange(len(table))

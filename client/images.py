@@ -29,8 +29,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -695,8 +695,32 @@ def load_images(
     Returns:
         One :class:`PreparedImage` per link.
     """
-    keys = [None if is_missing_link(link) else str(link).strip() for link in links]
-    unique = list(dict.fromkeys(keys))
+    images: list[PreparedImage | None] = [None] * len(links)
+    for positions, image in stream_images(fetcher, links, size=size, ocr_max_side=ocr_max_side,
+                                          max_pixels=max_pixels, stop=stop):
+        for position in positions:
+            images[position] = image
+    return images  # type: ignore[return-value]  # every position is filled
+
+
+def stream_images(
+    fetcher: ImageFetcher,
+    links: Sequence[str | None],
+    *,
+    size: int = IMAGE_SIZE,
+    ocr_max_side: int | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    stop: threading.Event | None = None,
+) -> Iterator[tuple[list[int], PreparedImage]]:
+    """:func:`load_images`, yielding each distinct link's image as soon as it is prepared.
+
+    Yields:
+        (the positions in ``links`` of that link, its :class:`PreparedImage`), in the order
+        the downloads finish; every position once.
+    """
+    positions: dict[str | None, list[int]] = {}
+    for position, link in enumerate(links):
+        positions.setdefault(None if is_missing_link(link) else str(link).strip(), []).append(position)
 
     def load(link: str | None) -> PreparedImage:
         if stop is not None and stop.is_set():
@@ -705,11 +729,12 @@ def load_images(
             fetcher.fetch(link), size=size, ocr_max_side=ocr_max_side, max_pixels=max_pixels
         )
 
-    if not unique:
-        return []
-    with ThreadPoolExecutor(max_workers=min(fetcher.max_workers, len(unique))) as pool:
-        by_link = dict(zip(unique, pool.map(load, unique), strict=True))
-    return [by_link[key] for key in keys]
+    if not positions:
+        return
+    with ThreadPoolExecutor(max_workers=min(fetcher.max_workers, len(positions))) as pool:
+        futures = {pool.submit(load, link): link for link in positions}
+        for future in as_completed(futures):
+            yield positions[futures[future]], future.result()
 
 
 def summarise(statuses: Iterable[ImageStatus]) -> dict[str, int]:

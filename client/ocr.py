@@ -16,8 +16,9 @@ import shutil
 import signal
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -351,19 +352,22 @@ def ocr_cache_key(engine: str | OcrEngine) -> str:
 
 def run_ocr(
     engine: str | OcrEngine,
-    images: Sequence[tuple[str, np.ndarray]],
+    images: Iterable[tuple[str, np.ndarray]],
     cache: OcrCache | None = None,
     workers: int = 1,
     stop: threading.Event | None = None,
 ) -> dict[str, str]:
     """OCR a batch of images, each distinct image once, reusing and filling the cache.
 
-    An image whose OCR raises is logged and reads as ``""`` (not cached), so one bad image
-    never stops a batch.
+    ``images`` is consumed lazily: each image is handed to a worker as soon as the iterable
+    yields it, so images still being downloaded and decoded by a generator overlap with the
+    reading of those before them. An image whose OCR raises is logged and reads as ``""`` (not
+    cached), so one bad image never stops a batch.
 
     Args:
         engine: An engine, or the name of one in :data:`OCR_ENGINES`.
-        images: ``(sha256, RGB uint8 array)`` pairs; repeated shas are read once.
+        images: ``(sha256, RGB uint8 array)`` pairs; repeated shas are read once. Consumed to
+            the end, also after ``stop`` is set.
         cache: Where results are looked up first and stored as they arrive; None for none.
         workers: With a name, processes to run OCR in, each building its engine once (1: this
             process, whose engine is built once and kept). With an engine, threads sharing it:
@@ -385,46 +389,75 @@ def run_ocr(
     if name == "none":  # nothing to read, nothing worth caching
         return {sha: "" for sha, _ in images}
     key = ocr_cache_key(engine)
+    stop = stop or threading.Event()
     texts: dict[str, str] = {}
-    todo: dict[str, np.ndarray] = {}
-    for sha, pixels in images:
-        cached = cache.get(key, sha) if cache is not None else None
-        if cached is not None:
-            texts[sha] = cached
-        elif sha not in todo:
-            todo[sha] = pixels
-    for sha, text in _read_all(engine, todo, workers, stop or threading.Event()):
-        texts[sha] = text or ""
-        if text is not None and cache is not None:
-            cache.put(key, sha, text)
+    pending: deque[tuple[str, Future]] = deque()  # in the order handed out
+    handed_out: set[str] = set()
+
+    def collect(wait_for: int) -> None:
+        """Store the results at the head of `pending`, waiting while more than `wait_for` are
+        out; once `stop` is set, the images not yet started are dropped."""
+        while pending and (len(pending) > wait_for or pending[0][1].done()):
+            if stop.is_set():
+                pool.cancel_waiting()
+            sha, future = pending.popleft()
+            if future.cancelled():
+                continue
+            text = future.result()
+            texts[sha] = text or ""
+            if text is not None and cache is not None:
+                cache.put(key, sha, text)
+
+    with _OcrPool(engine, workers) as pool:
+        for sha, pixels in images:
+            if stop.is_set() or sha in texts or sha in handed_out:
+                continue
+            cached = cache.get(key, sha) if cache is not None else None
+            if cached is not None:
+                texts[sha] = cached
+                continue
+            handed_out.add(sha)
+            pending.append((sha, pool.submit(sha, pixels)))
+            collect(wait_for=2 * pool.workers)  # a few queued per worker: Ctrl-C stops at the next image
+        collect(wait_for=0)
     return texts
 
 
-def _read_all(
-    engine: str | OcrEngine, todo: Mapping[str, np.ndarray], workers: int, stop: threading.Event
-) -> Iterator[tuple[str, str | None]]:
-    """Yield (sha, text or None on failure) in order, from threads or a process pool, until
-    ``stop`` is set."""
-    if not todo:
-        return
-    workers = max(1, min(workers, len(todo)))
-    if isinstance(engine, str) and workers > 1:
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
-        context = multiprocessing.get_context("spawn")
-        pool: Executor = ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_init_worker, initargs=(engine, threads)
-        )
-        read = _read_in_worker
-    else:
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="ocr")
-        read = functools.partial(_safe_read, engine if isinstance(engine, OcrEngine) else _engine_here(engine))
-    with pool:
-        for sha, text in zip(todo.keys(), pool.map(read, todo.keys(), todo.values()), strict=True):
-            if stop.is_set():
-                pool.shutdown(wait=False, cancel_futures=True)
-                return
-            yield sha, text
+class _OcrPool:
+    """Threads (an engine object, or a name with one worker) or worker processes (a name with
+    several workers) that read images; started on the first image handed out."""
+
+    def __init__(self, engine: str | OcrEngine, workers: int) -> None:
+        self.engine = engine
+        self.workers = max(1, workers)
+        self.executor: Executor | None = None
+
+    def submit(self, sha: str, pixels: np.ndarray) -> Future:
+        if self.executor is None:
+            self.executor, self.read = self._start()
+        return self.executor.submit(self.read, sha, pixels)
+
+    def _start(self) -> tuple[Executor, Callable[[str, np.ndarray], str | None]]:
+        if isinstance(self.engine, str) and self.workers > 1:
+            threads = max(1, (os.cpu_count() or 1) // self.workers)
+            # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
+            context = multiprocessing.get_context("spawn")
+            return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
+                                       initargs=(self.engine, threads)), _read_in_worker
+        engine = self.engine if isinstance(self.engine, OcrEngine) else _engine_here(self.engine)
+        return ThreadPoolExecutor(self.workers, thread_name_prefix="ocr"), functools.partial(_safe_read, engine)
+
+    def cancel_waiting(self) -> None:
+        """Drop the images not yet started (those being read finish)."""
+        if self.executor is not None:
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> _OcrPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self.executor is not None:
+            self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 @functools.cache

@@ -11,13 +11,13 @@ training and another way for serving.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from client.catalog import numeric_feature_matrix
-from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, PreparedImage, load_images
+from client.images import IMAGE_SIZE, OCR_MAX_SIDE, ImageFetcher, PreparedImage, load_images, stream_images
 from client.ocr import NoOcr, OcrCache, OcrEngine, run_ocr
 from client.table import CatalogTable
 from client.text import TextTokenizer, compose_text
@@ -83,12 +83,12 @@ def prepare_rows(
         The rows' inputs; images that cannot be used make their rows text-only, never an error.
     """
     catalog = [table.texts[row] for row in rows]
+    links = [table.image_links[row] for row in rows]
     reads_nothing = (ocr_engine if isinstance(ocr_engine, str) else ocr_engine.name) == NoOcr.name
-    images = load_images(fetcher, [table.image_links[row] for row in rows], size=image_size,
-                         ocr_max_side=None if reads_nothing else OCR_MAX_SIDE, stop=stop)
-    readable = [(image.sha256, image.ocr_pixels) for image in images
-                if image.has_image and image.ocr_pixels is not None]
-    read = run_ocr(ocr_engine, readable, ocr_cache, workers=ocr_workers, stop=stop)
+    if reads_nothing:
+        images, read = load_images(fetcher, links, size=image_size, stop=stop), {}
+    else:
+        images, read = _load_and_read(fetcher, links, image_size, ocr_engine, ocr_cache, ocr_workers, stop)
     ocr_texts = [read.get(image.sha256, "") if image.has_image else "" for image in images]
     texts = [compose_text(content, ocr) for content, ocr in zip(catalog, ocr_texts)]
     return PreparedRows(
@@ -98,3 +98,27 @@ def prepare_rows(
         numeric_features=numeric_feature_matrix(catalog),
         token_ids=tokenizer.encode(texts) if tokenizer is not None else None,
     )
+
+
+def _load_and_read(
+    fetcher: ImageFetcher,
+    links: list,
+    image_size: int,
+    ocr_engine: str | OcrEngine,
+    ocr_cache: OcrCache | None,
+    ocr_workers: int,
+    stop: threading.Event | None,
+) -> tuple[list[PreparedImage], dict[str, str]]:
+    """The images of `links` and the text read off them: each image goes to OCR as soon as it
+    is downloaded and decoded, so downloads overlap with the reading of earlier images."""
+    images: list[PreparedImage | None] = [None] * len(links)
+
+    def views() -> Iterator[tuple[str, np.ndarray]]:
+        for positions, image in stream_images(fetcher, links, size=image_size, ocr_max_side=OCR_MAX_SIDE, stop=stop):
+            for position in positions:
+                images[position] = image
+            if image.has_image and image.ocr_pixels is not None:
+                yield image.sha256, image.ocr_pixels
+
+    read = run_ocr(ocr_engine, views(), ocr_cache, workers=ocr_workers, stop=stop)
+    return images, read  # type: ignore[return-value]  # run_ocr consumed every image
