@@ -59,12 +59,12 @@ def time_in_process(backend: InProcessBackend, ensemble: str, requests) -> float
     return sum(len(r["input_ids"]) for r in requests) / (time.perf_counter() - started)
 
 
-def perf_analyzer_command(args: argparse.Namespace, url: str, data: Path, batch_size: int, concurrency: int,
-                          report: Path) -> list[str]:
+def perf_analyzer_command(args: argparse.Namespace, url: str, data: Path, batch_size: int, requests: int,
+                          concurrency: int, report: Path) -> list[str]:
     """perf_analyzer at one concurrency. Rows differ in token count, so a window of a fixed time
     would hold a different mix of rows each time and rarely pass the stability bar: a window here
-    is every row once (or one request per concurrent client, when more)."""
-    requests_per_window = max(args.rows // batch_size, concurrency)
+    is every request of the file once (`requests`), or one per concurrent client when more."""
+    requests_per_window = max(requests, concurrency)
     return [str(args.perf_analyzer), "-m", args.ensemble, "-i", "grpc", "-u", url, "--input-data", str(data),
             "-b", str(batch_size), "--concurrency-range", f"{concurrency}:{concurrency}",
             "--measurement-mode", "count_windows", "--measurement-request-count", str(requests_per_window),
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             lines.append(f"{'in-process':<12}{batch_size:>6}{'-':>6}{local_rate:>9.1f}{1:>8.2f}x")
             for concurrency in args.concurrency:
                 report = Path(work) / "report.csv"
-                command = perf_analyzer_command(args, server.url, data, batch_size, concurrency, report)
+                command = perf_analyzer_command(args, server.url, data, batch_size, len(requests), concurrency, report)
                 print(f"$ {shlex.join(command)}", flush=True)
                 runs = [run_perf_analyzer(command, report) for _ in range(args.repeats)]
                 median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}

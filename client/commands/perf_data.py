@@ -48,9 +48,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     if args.images is not None and not args.images.is_dir():
         raise InputError(f"--images {args.images} is not a folder")
+    table = read_catalog_csv(args.input, encoding=args.encoding)
     if args.output.exists() and args.output.samefile(args.input):
         raise InputError(f"--output {args.output} is the input CSV: it would be overwritten; name another file")
-    table = read_catalog_csv(args.input, encoding=args.encoding)
     deployment = Deployment.load(args.deployment)
     fetcher = ImageFetcher(args.images, cache_dir=args.cache_dir / "images", policy=link_policy(args))
     predictor = Predictor(deployment, InProcessBackend(deployment), fetcher,
