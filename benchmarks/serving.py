@@ -10,7 +10,8 @@ CSV. In-process: those rows, batched as perf_analyzer batches them, run through 
 steps with ONNX Runtime. Triton: a local server (`client serve --local`) on this machine's cores,
 and perf_analyzer over gRPC at each concurrency. Prints rows/s, the ratio to in-process, latency
 percentiles and the server's queue and compute time per request, as perf_analyzer reports them
-(its own stable window, then the median of the repeats). Client and server share the cores.
+(each run's stable windows, then the median of the runs that reached stability). Client and server
+share the cores.
 """
 
 from __future__ import annotations
@@ -71,16 +72,20 @@ def perf_analyzer_command(args: argparse.Namespace, url: str, data: Path, batch_
             "--stability-percentage", str(args.stability_percentage), "-f", str(report)]
 
 
-def run_perf_analyzer(command: list[str], report: Path) -> dict[str, float]:
-    """One perf_analyzer run; its figures, latencies and times in milliseconds.
+def run_perf_analyzer(command: list[str], report: Path) -> dict[str, float] | None:
+    """One perf_analyzer run: its figures (latencies and server times in ms), or None when its
+    windows never agreed within the stability bar (on a shared machine, a neighbour's load).
 
     Raises:
-        RuntimeError: perf_analyzer failed (its output's end is in the message).
+        RuntimeError: perf_analyzer failed otherwise (its output's end is in the message).
     """
     finished = subprocess.run(command, capture_output=True, text=True)
+    output = finished.stdout + finished.stderr
+    if finished.returncode and "Failed to obtain stable measurement" in output:
+        print("  no stable measurement in this run", flush=True)
+        return None
     if finished.returncode:
-        raise RuntimeError(f"{shlex.join(command)} failed ({finished.returncode}):\n"
-                           f"{(finished.stdout + finished.stderr)[-2000:]}")
+        raise RuntimeError(f"{shlex.join(command)} failed ({finished.returncode}):\n{output[-2000:]}")
     with report.open(newline="") as handle:
         [row] = list(csv.DictReader(handle))
     figures = {name: float(row[column]) / 1000 for name, column in COLUMNS.items()}
@@ -101,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--server-threads", type=int, default=2, help="ONNX Runtime threads per model instance")
     parser.add_argument("--perf-analyzer", type=Path, default=DEFAULT_PERF_ANALYZER)
-    parser.add_argument("--stability-percentage", type=int, default=10,
+    parser.add_argument("--stability-percentage", type=int, default=15,
                         help="perf_analyzer's bar for 3 windows in a row to count as stable")
     args = parser.parse_args(argv)
     if not args.perf_analyzer.is_file():
@@ -124,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
                 report = Path(work) / "report.csv"
                 command = perf_analyzer_command(args, server.url, data, batch_size, len(requests), concurrency, report)
                 print(f"$ {shlex.join(command)}", flush=True)
-                runs = [run_perf_analyzer(command, report) for _ in range(args.repeats)]
+                runs = [run for _ in range(args.repeats) if (run := run_perf_analyzer(command, report))]
+                if not runs:
+                    lines.append(f"{'perf_analyzer':<12}{batch_size:>6}{concurrency:>6}   no stable measurement")
+                    continue
                 median = {name: statistics.median(run[name] for run in runs) for name in runs[0]}
                 lines.append(
                     f"{'perf_analyzer':<12}{batch_size:>6}{concurrency:>6}{median['rows/s']:>9.1f}"
                     f"{median['rows/s'] / local_rate:>8.2f}x{median['p50']:>9.1f}{median['p95']:>9.1f}"
                     f"{median['p99']:>9.1f}{median['queue']:>9.1f}{median['compute']:>9.1f}"
-                    f"   runs: {', '.join(format(run['rows/s'], '.1f') for run in runs)} rows/s")
+                    f"   stable runs: {', '.join(format(run['rows/s'], '.1f') for run in runs)} rows/s")
     print(f"{args.rows} rows of {args.csv.name} for {args.ensemble}, median of {args.repeats} runs; "
           "latency and server time per request in ms")
     print(f"{'mode':<12}{'batch':>6}{'conc.':>6}{'rows/s':>9}{'vs in-p.':>9}{'p50':>9}{'p95':>9}{'p99':>9}"
