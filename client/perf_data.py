@@ -64,7 +64,7 @@ def perf_entries(requests: list[dict[str, np.ndarray]]) -> list[dict[str, dict]]
     """One perf_analyzer data entry per row of the requests, in order.
 
     Each tensor is `{"content": ..., "shape": [...]}` without the batch axis: numbers as a flat
-    list, uint8 images as `{"b64": ...}` of their bytes (a quarter of the JSON size).
+    list, uint8 images as `{"b64": ...}` of their bytes (a third of the size as a list of numbers).
     """
     entries = []
     for inputs in requests:

@@ -56,7 +56,7 @@ cat > "$launcher" <<LAUNCHER
 LD_LIBRARY_PATH="$(cd "$libs" && pwd)\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}" exec "$(cd "$venv/bin" && pwd)/perf_analyzer" "\$@"
 LAUNCHER
 chmod +x "$launcher"
-"$launcher" --version >/dev/null 2>&1 || "$launcher" -h >/dev/null 2>&1 || {
+"$launcher" --version >/dev/null || {
     echo "error: $launcher does not start; run it to see why" >&2
     exit 2
 }
