@@ -1,4 +1,4 @@
-"""`client`: predict prices with a deployed model, and serve one locally."""
+"""`client`: predict prices with a deployed model, serve one locally, and write perf_analyzer's input data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from client.commands import predict, serve
+from client.commands import perf_data, predict, serve
 from client.errors import BundleError, InferenceError, InputError, MissingDependencyError, ServerStartError
 
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     predict.add_parser(subparsers)
     serve.add_parser(subparsers)
+    perf_data.add_parser(subparsers)
     return parser
 
 
