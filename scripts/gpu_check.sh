@@ -5,7 +5,8 @@
 #   scripts/gpu_check.sh [--install] [--wheelhouse DIR] [export.gpu_check options...]
 #
 #   --install         a GPU box with network: pip install the project with its GPU extras first
-#                     (onnxruntime-gpu in place of onnxruntime; tensorrt for the FP16 profile)
+#                     (onnxruntime-gpu in place of onnxruntime; tensorrt for the FP16 profile;
+#                     faiss-gpu is not needed here)
 #   --wheelhouse DIR  an offline box: install the wheels in DIR (no index, no dependencies) into
 #                     a folder of their own, put first on PYTHONPATH; the rest is what is installed
 # Everything else goes to `python -m export.gpu_check` (--dry-run, --deployment, --run, -o ...).
@@ -26,9 +27,9 @@ while (($#)); do
 done
 
 if ((install)); then
-    "$PYTHON" -m pip install -q -e ".[train,serve,test]"
+    "$PYTHON" -m pip install -q -c constraints.txt -e ".[train,serve,test]"
     "$PYTHON" -m pip uninstall -q -y onnxruntime
-    "$PYTHON" -m pip install -q ".[gpu]" tensorrt
+    "$PYTHON" -m pip install -q -c constraints.txt onnxruntime-gpu tensorrt
 fi
 pythonpath=$PWD
 if [[ -n $wheelhouse ]]; then
@@ -38,4 +39,20 @@ if [[ -n $wheelhouse ]]; then
 fi
 export PYTHONPATH=$pythonpath${PYTHONPATH:+:$PYTHONPATH}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+
+# what the check imports, by the name pip installs it under (torch, tritonclient and
+# nvidia-pytriton are optional: the entries that need them say why they did not run)
+missing=$("$PYTHON" - <<'PY'
+import importlib.util
+needs = {"numpy": "numpy", "onnxruntime": "onnxruntime-gpu", "onnx": "onnx", "tokenizers": "tokenizers",
+         "PIL": "pillow", "cv2": "opencv-python-headless", "urllib3": "urllib3", "tqdm": "tqdm",
+         "faiss": "faiss-cpu", "rapidocr": "rapidocr==3.10.0 (and its needs: pyclipper shapely omegaconf)"}
+print(", ".join(pip for module, pip in needs.items() if importlib.util.find_spec(module) is None))
+PY
+)
+if [[ -n $missing ]]; then
+    echo "gpu_check.sh: not installed: $missing. Install them (--install), or put their wheels in a folder" \
+         "and pass --wheelhouse DIR." >&2
+    exit 2
+fi
 exec "$PYTHON" -m export.gpu_check ${args[@]+"${args[@]}"}
