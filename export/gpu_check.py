@@ -275,7 +275,7 @@ def tensorrt_options(reference: Reference, cache_dir: Path) -> dict[str, dict]:
     shape profile (batch 1 to MAX_BATCH_SIZE at the reference's text length), so that no batch
     size rebuilds an engine while it is timed."""
     options = {}
-    for model in TENSORRT_MODELS:
+    for model in (m for m in TENSORRT_MODELS if m in reference.records):
         feed = reference.records[model][0][0]
 
         def shapes(batch: int, feed=feed) -> str:
@@ -311,7 +311,7 @@ def make_profiles(deployment: Deployment, reference: Reference, run_dir: Path | 
                 not_run["onnxruntime-tensorrt-fp16"] = (f"TensorRT did not load for {', '.join(missing)} (see ONNX "
                                                         "Runtime's log above); pip install tensorrt")
             else:
-                profiles.append(Profile("onnxruntime-tensorrt-fp16", trt, FP16_BOUNDS, TENSORRT_MODELS))
+                profiles.append(Profile("onnxruntime-tensorrt-fp16", trt, FP16_BOUNDS, tuple(options)))
         else:
             not_run["onnxruntime-tensorrt-fp16"] = f"this ONNX Runtime has no {TENSORRT} (providers: {available})"
     else:
@@ -325,12 +325,17 @@ def make_profiles(deployment: Deployment, reference: Reference, run_dir: Path | 
                                  or CUDA in available else "neither ONNX Runtime nor torch sees CUDA here")
     elif run_dir is None or not run_dir.is_dir():
         not_run["torch-cuda"] = f"the training run ({run_dir}) is not here: pass --training-run RUN_DIR"
-    elif dry_run:
-        profiles.append(Profile("torch-cpu-as-torch-cuda", TorchBackend(deployment, run_dir, "cpu"), FP32_BOUNDS,
-                                TORCH_MODELS, "torch-cuda"))
-        not_run["torch-cuda"] = "dry run: torch on CPU stood in (torch-cpu-as-torch-cuda)"
     else:
-        profiles.append(Profile("torch-cuda", TorchBackend(deployment, run_dir, "cuda"), FP32_BOUNDS, TORCH_MODELS))
+        try:
+            backend = TorchBackend(deployment, run_dir, "cpu" if dry_run else "cuda")
+        except (ImportError, OSError, MissingDependencyError) as error:  # the train extra, the encoders' weights
+            not_run["torch-cuda"] = f"the training run's models did not load: {type(error).__name__}: {error}"
+            return profiles, not_run
+        if dry_run:
+            profiles.append(Profile("torch-cpu-as-torch-cuda", backend, FP32_BOUNDS, TORCH_MODELS, "torch-cuda"))
+            not_run["torch-cuda"] = "dry run: torch on CPU stood in (torch-cpu-as-torch-cuda)"
+        else:
+            profiles.append(Profile("torch-cuda", backend, FP32_BOUNDS, TORCH_MODELS))
     return profiles, not_run
 
 
@@ -495,6 +500,9 @@ def summary(report: dict) -> str:
             lines.append(f"  parity {name}: not run ({entry['reason']})")
             continue
         failed = [r for r in entry["results"] if not r["passed"]]
+        if not entry["results"]:
+            lines.append(f"  parity {name}: none of its models ran on these rows")
+            continue
         worst = max(entry["results"], key=lambda r: r["max_abs_diff"])
         lines.append(f"  parity {name}: {'ok' if not failed else f'{len(failed)} FAILED'}, largest |diff| "
                      f"{worst['max_abs_diff']:.3g} ({worst['model']}.{worst['output']})")
