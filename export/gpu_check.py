@@ -517,8 +517,7 @@ def summary(report: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m export.gpu_check", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(prog="python -m export.gpu_check", description=__doc__.splitlines()[0])
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--deployment", type=Path, help="a deployment folder (written by export-bundle) to check")
     source.add_argument("--run", type=Path, help="a training run to export and check (default: train the bundled "
@@ -527,12 +526,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --deployment: its training run, for the PyTorch models on CUDA (default: the "
                              "run named in its manifest)")
     parser.add_argument("--workdir", type=Path, default=Path("build/gpu-check"),
-                        help="where the sample's run and deployment are written")
+                        help="where the sample's run and deployment are written (default: build/gpu-check)")
     parser.add_argument("-o", "--output", type=Path, help="the JSON to write (default: WORKDIR/gpu_check.json)")
     parser.add_argument("--rows", type=int, help="real rows of the bundled sample (default: 64; dry run: 12)")
     parser.add_argument("--budget-s", type=float, default=420.0,
                         help="seconds for the whole check after the deployment is ready; figures that do not fit "
-                             "are marked as skipped")
+                             "are marked as skipped (default: 420)")
     parser.add_argument("--no-triton", action="store_true", help="do not start the Triton server")
     parser.add_argument("--dry-run", action="store_true",
                         help="every step on CPU, the CPU standing in for the GPU, small sizes")
