@@ -11,6 +11,7 @@ import itertools
 import logging
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -61,13 +62,19 @@ class InProcessBackend(InferenceBackend):
     Args:
         deployment: the verified deployment folder.
         threads: ONNX Runtime intra-op threads (0: ONNX Runtime's default, all cores).
+        providers: the execution providers of a model's session, by model name (names, or
+            (name, options) pairs, as ONNX Runtime takes them); default: CUDA when this ONNX
+            Runtime has it, then CPU, for every model.
     """
 
-    def __init__(self, deployment: Deployment, threads: int = 0):
+    def __init__(self, deployment: Deployment, threads: int = 0,
+                 providers: Callable[[str], list[str | tuple[str, dict]]] | None = None):
         self.specs = served_models(deployment.settings.dims)
+        self.providers = providers or (lambda _: _providers())
         self.sessions = {
             name: ort.InferenceSession(str(deployment.model_path(name)),
-                                       _session_options(1 if name in OCR_MODELS else threads), providers=_providers())
+                                       _session_options(1 if name in OCR_MODELS else threads),
+                                       providers=self.providers(name))
             for name, spec in self.specs.items()
             if not spec.is_ensemble
         }
@@ -75,18 +82,17 @@ class InProcessBackend(InferenceBackend):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
 
     def run(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs a model, or an ensemble's steps in order as Triton's ensemble scheduler would."""
+        """Runs a model, or an ensemble's steps in order (each through `run`) as Triton's ensemble
+        scheduler would."""
         if not self.specs[model].is_ensemble:
             session = self.sessions[model]
             names = [output.name for output in session.get_outputs()]
             return dict(zip(names, session.run(names, inputs), strict=True))
         tensors = dict(inputs)
         for step_model, input_map, output_map in self.specs[model].steps:
-            session = self.sessions[step_model]
             feed = {step_name: tensors[ensemble_name] for step_name, ensemble_name in input_map.items()}
-            names = list(output_map)
-            for name, value in zip(names, session.run(names, feed)):
-                tensors[output_map[name]] = value
+            outputs = self.run(step_model, feed)
+            tensors.update({ensemble_name: outputs[name] for name, ensemble_name in output_map.items()})
         return {name: tensors[name] for name in ENSEMBLE_OUTPUTS}
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -103,7 +109,8 @@ class InProcessBackend(InferenceBackend):
         self._executor.shutdown(wait=False)
 
     def describe(self) -> str:
-        return f"in-process ONNX Runtime ({', '.join(_providers())})"
+        providers = {str(provider) for session in self.sessions.values() for provider in session.get_providers()}
+        return f"in-process ONNX Runtime ({', '.join(sorted(providers))})"
 
 
 def _session_options(threads: int) -> ort.SessionOptions:

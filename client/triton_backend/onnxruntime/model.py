@@ -1,8 +1,10 @@
-"""Triton Python-based backend that serves `platform: "onnxruntime_onnx"` models on CPU.
+"""Triton Python-based backend that serves `platform: "onnxruntime_onnx"` models with ONNX Runtime.
 
-`client.serve` copies this file to `<backend-dir>/onnxruntime/model.py`, so the CPU
-tritonserver (Python backend only) serves the production model configs unchanged with
-ONNX Runtime. The configs must list inputs and outputs explicitly, with the graph's names.
+`client.serve` copies this file to `<backend-dir>/onnxruntime/model.py`, so the tritonserver
+of the nvidia-pytriton wheel (Python backend only) serves the production model configs
+unchanged. The configs must list inputs and outputs explicitly, with the graph's names. An
+instance of kind GPU runs on its GPU through ONNX Runtime's CUDA provider where this ONNX
+Runtime has it (onnxruntime-gpu), otherwise on CPU.
 """
 
 import json
@@ -18,11 +20,11 @@ class TritonPythonModel:
     """Runs one ONNX model, merging the requests of a dynamic batch into one session run."""
 
     def initialize(self, args):
-        """Loads `<model_repository>/<version>/model.onnx` into a CPU session.
+        """Loads `<model_repository>/<version>/model.onnx` into a session on the instance's device.
 
         Args:
             args: Triton's model arguments (`model_config` as JSON, `model_repository`,
-                `model_version`, ...).
+                `model_version`, `model_instance_kind`, `model_instance_device_id`, ...).
         """
         config = json.loads(args["model_config"])
         self.input_names = [tensor["name"] for tensor in config["input"]]
@@ -37,9 +39,11 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(os.environ.get("PRICE_ORT_THREADS", "1"))
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            str(path), options, providers=["CPUExecutionProvider"]
-        )
+        providers = ["CPUExecutionProvider"]
+        if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
+            device = {"device_id": int(args.get("model_instance_device_id", 0))}
+            providers.insert(0, ("CUDAExecutionProvider", device))
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
 
     def execute(self, requests):
         """Answers every request; a failing request gets an error, the others their outputs.
