@@ -6,7 +6,8 @@
       model_repository/       Triton model repository (config.pbtxt + 1/model.onnx per model)
       bundle/
         manifest.json         SHA-256 of every file of the deployment, model identities,
-                              package versions, opsets, parity figures
+                              package versions, opsets, parity figures, the serving
+                              profile (fp32 or cpu-int8) and each graph's precision
         settings.json         preprocessing and serving settings (ServingSettings)
         blend.json            blend weights
         tokenizer.json, special_tokens_map.json
@@ -42,6 +43,7 @@ PRIORS_FILE = "price_priors.json"
 OCR_CHARACTERS_FILE = "ocr_characters.json"
 MODEL_FILE = "model.onnx"
 MODEL_SHA_PARAMETER = "model_sha256"
+PRECISION_PARAMETER = "precision"  # "int8" in the config of a graph quantised for CPU INT8
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,11 @@ class Deployment:
     @property
     def bundle(self) -> Path:
         return self.root / BUNDLE_DIR
+
+    @property
+    def profile(self) -> str:
+        """The serving profile it was exported with (export-bundle --profile): fp32 or cpu-int8."""
+        return self.manifest.get("profile", "fp32")
 
     def model_path(self, model: str) -> Path:
         return self.repository / model / "1" / MODEL_FILE

@@ -18,6 +18,7 @@ from pathlib import Path
 from client.errors import BundleError, InputError, MissingDependencyError
 from export.parity import ParityError
 from export.pipeline import PARITY_ROWS, export_run
+from export.profiles import FP32, PROFILES
 from training.cli import HelpFormatter
 
 
@@ -30,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "MODEL_CARD.md")
     parser.add_argument("--tensorrt-fp16", action="store_true",
                         help="enable TensorRT FP16 in the GPU configs (check its parity on the GPU it runs on)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=FP32.name,
+                        help="serving profile: fp32 (every graph in float32), or cpu-int8 (the text encoder "
+                             "quantised to INT8 for CPU serving, with parity bounds of its own)")
     parser.add_argument("--parity-rows", type=int, default=PARITY_ROWS,
                         help="real rows for the encoders' and lexical model's parity checks (fusion and "
                              "LightGBM: every row)")
@@ -38,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
-        result = export_run(args.run, args.output, tensorrt_fp16=args.tensorrt_fp16, parity_rows=args.parity_rows)
+        result = export_run(args.run, args.output, tensorrt_fp16=args.tensorrt_fp16, parity_rows=args.parity_rows,
+                            profile=PROFILES[args.profile])
     except ParityError as exc:
         print(f"export-bundle: {exc}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from client.bundle import ServingSettings
+from export.profiles import PROFILES
 from training.config import TrainConfig
 
 CARD_FILE = "MODEL_CARD.md"
@@ -27,6 +28,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
         for p in details["parity"]
     )
     weights = ", ".join(f"{name} {w:.2f}" for name, w in report["blend_weights"]["fitted"].items())
+    profile = PROFILES[details["profile"]]
     image_model = details["source_models"]["image_encoder"]["name"]
     pooling = " + ".join(details["source_models"]["text_encoder"]["pooling"])
     text = f"""# Model card
@@ -53,6 +55,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
   model's estimates, the catalogue features and price priors (brand and unit-price means
   of the labelled rows), trained on their out-of-fold values
 - Blend weights in use: {weights}
+- Serving profile: `{details['profile']}`: {profile.summary}
 
 ## SMAPE (0-200, lower is better)
 Out of fold: each row estimated by models that never saw it (fitted on the other folds).
@@ -68,6 +71,8 @@ only and scored on each fold in turn it scores {honest_blend['all']:.2f}
 median price scores {report['baseline_median_smape']:.2f}.
 
 ## Export parity (ONNX Runtime CPU vs PyTorch / LightGBM, real rows, files reloaded)
+A graph quantised to INT8 is held to its profile's looser bounds.
+
 | model | output | metric | value | bound | max abs diff | max diff across batch sizes {list(details['parity'][0]['batch_sizes'])} | passed |
 |---|---|---|---|---|---|---|---|
 {parity_rows}

@@ -1,9 +1,10 @@
 """`export-bundle`: from a training run folder to a deployment folder, in four steps.
 
 1. `load_run`: the run's settings and models, read through training.run_dir.RunDir;
-2. `export_graphs`: every model to ONNX (export.onnx_export);
+2. `export_graphs`: every model to ONNX (export.onnx_export), then the graphs the serving
+   profile quantises to INT8 (export.profiles);
 3. `check_parity`: each graph, reloaded from disk, against its source model on real rows, under
-   the tolerances its exporter declares;
+   the tolerances its exporter declares (the profile's own for a quantised graph);
 4. `write_deployment`: the Triton configs, the client bundle, MODEL_CARD.md and the manifest.
 """
 
@@ -54,6 +55,7 @@ from client.retrieval import NeighbourIndex
 from export.model_card import write_model_card
 from export.onnx_export import OnnxExporter, exporters, onnx_opsets, split_stack_features
 from export.parity import ParityResult, check_graph, raise_on_failure
+from export.profiles import FP32, ServingProfile, quantize_graphs
 from export.triton_config import write_repository_configs
 from training.config import TrainConfig
 from training.encoders import load_image_encoder, make_tokenizer
@@ -141,10 +143,12 @@ def export_graphs(loaded: LoadedRun, repository: Path) -> dict[str, Path]:
 
 
 @torch.inference_mode()
-def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = PARITY_ROWS) -> list[ParityResult]:
+def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = PARITY_ROWS,
+                 profile: ServingProfile = FP32) -> list[ParityResult]:
     """Compares each exported graph with its source model on real rows of the training data:
     `parity_rows` rows for the encoders and the lexical model, every row for fusion and the
-    LightGBM stacker (the out-of-fold inputs it was trained on)."""
+    LightGBM stacker (the out-of-fold inputs it was trained on). A graph `profile` quantises is
+    held to the profile's bounds."""
     config, run, models = loaded.config, loaded.run, loaded.models
     table = read_training_table(config)
     fetcher = ImageFetcher(config.images_dir, cache_dir=run.image_cache, policy=config.link_policy())
@@ -152,7 +156,8 @@ def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = P
     progress = tqdm(total=len(paths), desc="parity", unit="model")
 
     def check(model: str, inputs: dict[str, np.ndarray], references: dict[str, np.ndarray]) -> list[ParityResult]:
-        results = check_graph(model, str(paths[model]), inputs, references, loaded.exporters[model].tolerances)
+        tolerances = profile.tolerances(model, loaded.exporters[model].tolerances)
+        results = check_graph(model, str(paths[model]), inputs, references, tolerances)
         progress.update()
         return results
 
@@ -187,13 +192,14 @@ def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = P
 
 
 def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], parity: list[ParityResult],
-                     tensorrt_fp16: bool = False) -> None:
+                     tensorrt_fp16: bool = False, profile: ServingProfile = FP32) -> None:
     """Writes the Triton configs beside the graphs, the client bundle, MODEL_CARD.md and, last,
-    the manifest with every file's SHA-256."""
+    the manifest with every file's SHA-256 and the serving profile."""
     config, run, dims = loaded.config, loaded.run, loaded.dims
     repository, bundle = output / REPOSITORY_DIR, output / BUNDLE_DIR
     model_sha256 = {name: sha256_file(path) for name, path in paths.items()}
-    write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256)
+    write_repository_configs(repository, dims, tensorrt_fp16=tensorrt_fp16, model_sha256=model_sha256,
+                             int8_models=set(profile.quantized))
     for spec in served_models(dims).values():
         if spec.is_ensemble:  # Triton wants a version folder for ensembles too
             (repository / spec.name / "1").mkdir(exist_ok=True)
@@ -230,6 +236,8 @@ def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], pa
         "oof_smape": {name: score["all"] for name, score in report["oof_smape"].items()},
         "validation_smape": report["validation_smape"],
         "tensorrt_fp16": tensorrt_fp16,
+        "profile": profile.name,
+        "precision": {name: profile.precision(name) for name in paths},
     }
     write_model_card(output, config, report, details, settings)
     write_manifest(output, details)
@@ -255,7 +263,7 @@ def check_export_paths(run_dir: Path, output: Path) -> None:
 
 
 def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
-               check: bool = True) -> ExportResult:
+               check: bool = True, profile: ServingProfile = FP32) -> ExportResult:
     """Exports a training run into `output` (model_repository/ + bundle/ + MODEL_CARD.md).
 
     Args:
@@ -264,6 +272,7 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         tensorrt_fp16: enable TensorRT FP16 in the GPU configs (check its parity on the GPU).
         parity_rows: real rows used for the encoders' parity checks (all rows for fusion/LightGBM).
         check: raise ParityError when a bound is missed.
+        profile: the serving profile (export.profiles): which graphs are quantised to INT8.
 
     Raises:
         InputError: `run_dir` is no complete training run, or `output` is a file or a folder
@@ -275,10 +284,11 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
     if output.exists():
         shutil.rmtree(output)
     paths = export_graphs(loaded, output / REPOSITORY_DIR)
-    parity = check_parity(loaded, paths, parity_rows)
+    quantize_graphs(profile, paths)
+    parity = check_parity(loaded, paths, parity_rows, profile)
     for result in parity:
         logger.info("parity %s", result.describe())
     if check:
         raise_on_failure(parity)
-    write_deployment(loaded, output, paths, parity, tensorrt_fp16)
+    write_deployment(loaded, output, paths, parity, tensorrt_fp16, profile)
     return ExportResult(output, parity)

@@ -4,16 +4,19 @@ The production profile is a GPU node running the onnxruntime backend: the neural
 `KIND_GPU`, LightGBM on `KIND_CPU` (ONNX Runtime's TreeEnsemble has no CUDA kernel), dynamic
 batching and warm-up on every composing model, and the ensembles chaining them. TensorRT FP16
 is opt-in (`tensorrt_fp16=True`), since its parity must be checked on the GPU it runs on.
+A graph quantised for CPU INT8 (export.profiles) runs on `KIND_CPU` instances and says so in a
+`precision: int8` parameter.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from client.bundle import MODEL_SHA_PARAMETER
+from client.bundle import MODEL_SHA_PARAMETER, PRECISION_PARAMETER
 from client.models import LEXICAL, LIGHTGBM, MAX_BATCH_SIZE, ModelDims, ModelSpec, served_models
 
 CONFIG_FILE = "config.pbtxt"
@@ -41,8 +44,10 @@ def _warmup(spec: ModelSpec) -> mc.ModelWarmup:
     return warmup
 
 
-def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: str | None = None) -> mc.ModelConfig:
-    """The ModelConfig of one served model (an ensemble when `spec.steps` is set)."""
+def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: str | None = None,
+                 int8: bool = False) -> mc.ModelConfig:
+    """The ModelConfig of one served model (an ensemble when `spec.steps` is set); `int8`: its graph
+    is quantised for CPU INT8 (MatMulInteger), so it runs on CPU instances, never under TensorRT."""
     config = mc.ModelConfig(
         name=spec.name,
         max_batch_size=MAX_BATCH_SIZE,
@@ -58,7 +63,7 @@ def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: 
         return config
 
     config.platform = "onnxruntime_onnx"
-    on_gpu = spec.name != LIGHTGBM
+    on_gpu = spec.name != LIGHTGBM and not int8
     config.instance_group.append(
         mc.ModelInstanceGroup(count=1, kind=mc.ModelInstanceGroup.KIND_GPU if on_gpu else mc.ModelInstanceGroup.KIND_CPU)
     )
@@ -72,6 +77,8 @@ def model_config(spec: ModelSpec, *, tensorrt_fp16: bool = False, model_sha256: 
         accelerator.parameters["max_workspace_size_bytes"] = str(1 << 30)
     if model_sha256:
         config.parameters[MODEL_SHA_PARAMETER].string_value = model_sha256
+    if int8:
+        config.parameters[PRECISION_PARAMETER].string_value = "int8"
     return config
 
 
@@ -90,13 +97,16 @@ def write_repository_configs(
     *,
     tensorrt_fp16: bool = False,
     model_sha256: dict[str, str] | None = None,
+    int8_models: Collection[str] = (),
 ) -> list[Path]:
-    """Writes `<repository>/<model>/config.pbtxt` for every served model; returns the paths."""
+    """Writes `<repository>/<model>/config.pbtxt` for every served model; returns the paths.
+    `int8_models`: the models whose graphs are quantised for CPU INT8."""
     paths = []
     for spec in served_models(dims).values():
         sha = (model_sha256 or {}).get(spec.name)
         path = repository / spec.name / CONFIG_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(config_text(model_config(spec, tensorrt_fp16=tensorrt_fp16, model_sha256=sha)))
+        config = model_config(spec, tensorrt_fp16=tensorrt_fp16, model_sha256=sha, int8=spec.name in int8_models)
+        path.write_text(config_text(config))
         paths.append(path)
     return paths

@@ -1,0 +1,118 @@
+"""The cpu-int8 serving profile: the sample run exported with its text encoder quantised, held to
+its own parity bounds, named as such, and served by `client predict` in-process and by Triton."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from client.bundle import Deployment
+from client.models import TEXT_ENCODER
+from client.predict import PredictConfig, predict
+from client.serve import LocalTritonServer
+from export.parity import MaxAbsDiff, MinCosine, ParityError, raise_on_failure
+from export.pipeline import check_parity, load_run
+from export.profiles import CPU_INT8, INT8_EMBEDDING, INT8_LOG_PRICE, ServingProfile
+from export.triton_config import parse_config
+from tests.conftest import SAMPLE
+
+
+@pytest.fixture(scope="module")
+def int8_deployment(sample_run, tmp_path_factory) -> Path:
+    from export.pipeline import export_run
+
+    output = tmp_path_factory.mktemp("deploy-int8") / "deployment"
+    export_run(sample_run, output, profile=CPU_INT8)
+    return output
+
+
+def text_encoder_file(deployment: Path) -> Path:
+    return Deployment.load(deployment).model_path(TEXT_ENCODER)
+
+
+QUANTISED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLinearMatMul", "QLinearConv"}
+
+
+def test_only_the_text_encoder_is_quantised_and_it_is_smaller(deployment, int8_deployment):
+    int8_graph = onnx.load(str(text_encoder_file(int8_deployment))).graph
+    fp32_graph = onnx.load(str(text_encoder_file(deployment))).graph
+    # 5 of each layer's 6 Linear layers (the feed-forward down-projection stays fp32) x 6 layers
+    assert sum(node.op_type == "MatMulInteger" for node in int8_graph.node) == 30
+    assert not any(node.op_type in QUANTISED_OPS for node in fp32_graph.node)
+    assert text_encoder_file(int8_deployment).stat().st_size < 0.5 * text_encoder_file(deployment).stat().st_size
+    assert [(t.name, t.type) for t in (*int8_graph.input, *int8_graph.output)] == \
+        [(t.name, t.type) for t in (*fp32_graph.input, *fp32_graph.output)]
+    loaded = Deployment.load(int8_deployment)
+    for model in ("image_encoder", "fusion", "lexical", "lightgbm", "ocr_detector", "ocr_recognizer"):
+        graph = onnx.load(str(loaded.model_path(model))).graph
+        assert not any(node.op_type in QUANTISED_OPS for node in graph.node), model
+
+
+def test_quantised_graph_passes_its_own_declared_bounds(int8_deployment):
+    manifest = json.loads((int8_deployment / "bundle" / "manifest.json").read_text())
+    text = {p["output"]: p for p in manifest["parity"] if p["model"] == TEXT_ENCODER}
+    assert text["text_embedding"]["metric"] == "min_cosine"
+    assert text["text_embedding"]["bound"] == INT8_EMBEDDING.bound
+    assert text["text_log_price"]["bound"] == INT8_LOG_PRICE.bound
+    # quantised for real: further from PyTorch than the float32 bound, within the INT8 one
+    assert INT8_EMBEDDING.bound <= text["text_embedding"]["value"] < 0.9999
+    assert 1e-4 < text["text_log_price"]["value"] <= INT8_LOG_PRICE.bound
+    assert all(p["passed"] for p in manifest["parity"])
+    assert all(p["bound"] in (0.9999, 1e-4, 0.0) for p in manifest["parity"] if p["model"] != TEXT_ENCODER)
+
+
+def test_manifest_model_card_and_config_name_the_profile(deployment, int8_deployment):
+    assert Deployment.load(deployment).profile == "fp32"
+    loaded = Deployment.load(int8_deployment)
+    assert loaded.profile == "cpu-int8"
+    assert loaded.manifest["precision"][TEXT_ENCODER] == "int8"
+    assert loaded.manifest["precision"]["image_encoder"] == "fp32"
+    card = (int8_deployment / "MODEL_CARD.md").read_text()
+    assert "Serving profile: `cpu-int8`" in card
+    assert "Serving profile: `fp32`" in (deployment / "MODEL_CARD.md").read_text()
+    config = parse_config(int8_deployment / "model_repository" / TEXT_ENCODER / "config.pbtxt")
+    assert config.parameters["precision"].string_value == "int8"
+    assert [group.kind for group in config.instance_group] == [config.instance_group[0].KIND_CPU]
+    fp32_config = parse_config(deployment / "model_repository" / TEXT_ENCODER / "config.pbtxt")
+    assert "precision" not in fp32_config.parameters
+
+
+def read_prices(path: Path) -> np.ndarray:
+    with path.open(newline="", encoding="utf-8") as handle:
+        return np.array([float(row["price"]) for row in csv.DictReader(handle)])
+
+
+def test_client_predict_serves_it_in_process_and_over_triton(deployment, int8_deployment, tmp_path):
+    def run(name: str, deployment_dir: Path, urls: list[str]) -> np.ndarray:
+        output = tmp_path / f"{name}.csv"
+        predict(PredictConfig(input_csv=SAMPLE / "test.csv", output_csv=output, deployment=deployment_dir,
+                              urls=urls, images_dir=SAMPLE / "images", cache_dir=tmp_path / "cache",
+                              progress=False))
+        return read_prices(output)
+
+    fp32 = run("fp32", deployment, [])
+    in_process = run("int8", int8_deployment, [])
+    with LocalTritonServer(int8_deployment / "model_repository", work_dir=tmp_path / "triton") as server:
+        served = run("int8-triton", int8_deployment, [server.url])
+    assert len(in_process) == len(served) == len(fp32) == 50
+    assert np.all(np.isfinite(in_process) & (in_process > 0)) and np.all(np.isfinite(served) & (served > 0))
+    shift = np.abs(np.log(in_process) - np.log(fp32))
+    assert 0 < np.median(shift) < 0.05  # quantisation moves prices, a little
+    # Triton may merge requests into other batches, and the activations' scales are per batch
+    assert np.median(np.abs(np.log(served) - np.log(in_process))) < 0.02
+
+
+def test_a_quantised_graph_missing_its_bound_fails_naming_model_output_and_worst_row(sample_run, int8_deployment):
+    strict = ServingProfile("strict-int8", "float32 bounds for an INT8 graph",
+                            {TEXT_ENCODER: {"text_embedding": MinCosine(0.9999), "text_log_price": MaxAbsDiff(1e-4)}})
+    loaded = load_run(sample_run)
+    deployment = Deployment.load(int8_deployment)
+    paths = {name: deployment.model_path(name) for name in loaded.exporters}
+    results = check_parity(loaded, paths, profile=strict)
+    with pytest.raises(ParityError, match=r"text_encoder\.text_embedding: min_cosine=.*worst row \d+.*FAILED"):
+        raise_on_failure(results)
