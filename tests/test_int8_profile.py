@@ -41,8 +41,12 @@ QUANTISED_OPS = {"MatMulInteger", "ConvInteger", "DynamicQuantizeLinear", "QLine
 def test_only_the_text_encoder_is_quantised_and_it_is_smaller(deployment, int8_deployment):
     int8_graph = onnx.load(str(text_encoder_file(int8_deployment))).graph
     fp32_graph = onnx.load(str(text_encoder_file(deployment))).graph
-    # 5 of each layer's 6 Linear layers (the feed-forward down-projection stays fp32) x 6 layers
-    assert sum(node.op_type == "MatMulInteger" for node in int8_graph.node) == 30
+    # 5 of each layer's 6 Linear layers x 6 layers, and the price head; the feed-forward
+    # down-projections stay fp32
+    quantised = [node.name for node in int8_graph.node if node.op_type == "MatMulInteger"]
+    assert len(quantised) == 31 and sum("/head/" in name for name in quantised) == 1
+    kept = [node.name for node in int8_graph.node if node.op_type == "MatMul" and "/output/dense/" in node.name]
+    assert len(kept) == 6
     assert not any(node.op_type in QUANTISED_OPS for node in fp32_graph.node)
     assert text_encoder_file(int8_deployment).stat().st_size < 0.5 * text_encoder_file(deployment).stat().st_size
     assert [(t.name, t.type) for t in (*int8_graph.input, *int8_graph.output)] == \
