@@ -15,7 +15,8 @@ VNNI; README, "INT8 CPU profile"):
   (0.976 -> 0.982).
 - The feed-forward down-projections (`layer.N/output/dense`) stay float32: their inputs are the
   GELU outputs, whose outliers quantise worst (worst cosine 0.982 -> 0.988, worst price-head
-  difference 0.15 -> 0.10 in log price, for a small part of the speed-up).
+  difference 0.15 -> 0.10 in log price, for a small part of the speed-up). The price head's
+  Gemm is quantised with the rest (31 quantised matrix products in all).
 - The image encoder stays float32: text-only rows never run it, dynamic INT8 convolutions seldom
   pay on a CPU, and static quantisation would need calibration photos; not measured here.
 """
