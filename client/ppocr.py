@@ -79,7 +79,7 @@ class ReaderSettings:
     def cache_key(self) -> str:
         """The OCR cache's engine key: texts read with other settings are not reused."""
         return (f"{SERVED_GRAPHS}/det{self.detector_side}/boxes{self.max_boxes}/lines{self.line_width_step}"
-                f"-{self.min_line_width}/score{self.min_score:g}")
+                f"-{self.min_line_width}/score{self.min_score:g}/box{self.box_threshold:g}")
 
 
 class PpOcrReader:

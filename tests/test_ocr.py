@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib.util
 import json
@@ -178,6 +179,16 @@ def test_int8_recogniser_reads_what_the_fp32_one_reads(graphs, served, fp32_grap
     assert read_by_fp32 > 300
     common = sum(common_characters(a, b) for a, b in zip(texts["fp32"], texts["int8"], strict=True))
     assert common / read_by_fp32 >= 0.9
+
+
+def test_every_reader_setting_changes_the_cache_key() -> None:
+    """Text read with other settings must never be reused from the OCR cache."""
+    default = ReaderSettings()
+    changed = {"detector_side": 640, "max_boxes": 16, "line_width_step": 16, "min_line_width": 64,
+               "min_score": 0.6, "box_threshold": 0.6}
+    assert set(changed) == {field.name for field in dataclasses.fields(ReaderSettings)}
+    keys = {dataclasses.replace(default, **{name: value}).cache_key for name, value in changed.items()}
+    assert len(keys) == len(changed) and default.cache_key not in keys
 
 
 def test_recogniser_quantisation_is_reproducible_from_a_calibration(tmp_path: Path, fp32_graphs) -> None:
