@@ -6,8 +6,9 @@ Reads real product photos' OCR views with the FP32 graphs, exactly as they are s
 boxes, crops, lines batched by width), records every recogniser input, and lets ONNX Runtime's
 static quantisation collect each activation's range over them (min/max, moving average). The
 photos are every 7th of the train rows' photos, sorted by file name. Run it again only when the
-graphs or the reader's settings change; the file is committed so that every export builds the
-same INT8 graph.
+graphs, the reader's settings or ONNX Runtime's version change (the ranges are kept by the names
+of the tensors of ONNX Runtime's fused graph; tests/test_ocr.py fails when a convolution is left
+unquantised); the file is committed so that every export builds the same INT8 graph.
 """
 
 from __future__ import annotations

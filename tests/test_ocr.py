@@ -34,6 +34,7 @@ from client.ocr import (
     run_ocr,
 )
 from client.ppocr import (
+    ALPHABET_END,
     DETECTOR_FILE,
     RECOGNIZER_FILE,
     LocalOcrModels,
@@ -105,12 +106,47 @@ def test_rapidocr_reads_rendered_label_in_order(rapid: RapidOcrEngine) -> None:
 def test_rapidocr_reads_real_product_photo(rapid: RapidOcrEngine) -> None:
     prepared = load_images(ImageFetcher(IMAGES), [str(IMAGES / "21CqJblUm8L.jpg")], ocr_max_side=1024)[0]
     assert prepared.ocr_pixels is not None
-    assert "BOAR'S HEAD" in rapid.read(prepared.ocr_pixels).upper()
+    text = rapid.read(prepared.ocr_pixels).upper()
+    # The label says "Boar's Head Pepperhouse Gourmaise"; a character or two may be misread.
+    label_text = "BOAR'S HEAD PEPPERHOUSE GOURMAISE"
+    assert common_characters(label_text, text) >= 0.9 * len(label_text)
 
 
 def test_rapidocr_blank_and_empty_images_read_nothing(rapid: RapidOcrEngine) -> None:
     assert rapid.read(np.full((200, 300, 3), 255, np.uint8)) == ""
     assert rapid.read(np.zeros((0, 10, 3), np.uint8)) == ""
+
+
+def test_background_is_trimmed_before_detection_at_the_same_scale(graphs, served) -> None:
+    """A label in the middle of a white photo: the detector reads the label's part alone, at the
+    scale of the whole photo, and the lines and their boxes (in the photo's pixels) are what it
+    reads without trimming; a photo of background alone calls no model."""
+    photo = np.full((640, 640, 3), 255, np.uint8)
+    photo[120:600, 80:560] = label("ORGANIC HONEY", "NET WT 12 OZ", "PACK OF 6")
+    bgr = np.ascontiguousarray(photo[:, :, ::-1])
+    characters = graph_characters(graphs[OCR_RECOGNIZER])
+    detector_inputs: dict[bool, tuple[int, ...]] = {}
+    lines = {}
+    for trim in (False, True):
+        def recording(model: str, inputs: dict[str, np.ndarray], trim: bool = trim) -> dict[str, np.ndarray]:
+            if model == OCR_DETECTOR:
+                detector_inputs[trim] = inputs["ocr_image"].shape
+            return served(model, inputs)
+
+        lines[trim] = PpOcrReader(recording, characters, ReaderSettings(trim_background=trim)).read_lines(bgr)
+    assert detector_inputs[False] == (1, 3, 480, 480)
+    _, _, height, width = detector_inputs[True]
+    assert height < 480 and width < 480 and height % 32 == 0 and width % 32 == 0
+    assert [text for text, _, _ in lines[True]] == [text for text, _, _ in lines[False]]
+    assert len(lines[True]) == 3 and "ORGANIC HONEY" in {text for text, _, _ in lines[True]}
+    for (_, _, trimmed), (_, _, whole) in zip(lines[True], lines[False], strict=True):
+        np.testing.assert_allclose(trimmed, whole, atol=12)  # a quarter of a line; the offset is 64+ px
+        assert trimmed[:, 1].min() > 120 and trimmed[:, 0].min() > 80  # in the photo's pixels
+
+    def no_model(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise AssertionError(f"{model} called on a background-only photo")
+
+    assert PpOcrReader(no_model, characters).read_lines(np.full((640, 480, 3), 250, np.uint8)) == []
 
 
 def test_rapidocr_gives_the_detector_bgr(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,7 +169,8 @@ def test_rapidocr_gives_the_detector_bgr(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_served_graphs_compute_what_rapidocr_s_files_compute(fp32_graphs) -> None:
     """The detector is the wheel's graph renamed; the FP32 recogniser's ArgMax / ReduceMax outputs
-    are the argmax / max of the wheel graph's per-character probabilities, on a real photo's lines."""
+    are the argmax / max of the wheel graph's per-character probabilities over the kept characters
+    (renormalised: the softmax runs over those alone), on a real photo's lines."""
     import onnxruntime as ort
 
     prepared = load_images(ImageFetcher(IMAGES), [str(IMAGES / "21CqJblUm8L.jpg")], ocr_max_side=640)[0]
@@ -153,8 +190,25 @@ def test_served_graphs_compute_what_rapidocr_s_files_compute(fp32_graphs) -> Non
     np.testing.assert_array_equal(outputs["text_probability"], probability)
     inputs, outputs = calls[OCR_RECOGNIZER]
     (per_character,) = originals[OCR_RECOGNIZER].run(None, {"x": inputs["text_lines"]})
-    np.testing.assert_array_equal(outputs["char_index"], per_character.argmax(axis=2))
-    np.testing.assert_array_equal(outputs["char_probability"], per_character.max(axis=2))
+    wheel_characters = graph_characters(onnx.load(str(rapidocr_models_dir() / RECOGNIZER_FILE)))
+    kept = [0, *(1 + i for i, c in enumerate(wheel_characters) if ord(c) < ALPHABET_END), len(wheel_characters) + 1]
+    assert graph_characters(fp32_graphs[OCR_RECOGNIZER]) == [wheel_characters[i - 1] for i in kept[1:-1]]
+    per_kept_character = per_character[..., kept]
+    np.testing.assert_array_equal(outputs["char_index"], per_kept_character.argmax(axis=2))
+    np.testing.assert_allclose(outputs["char_probability"],
+                               per_kept_character.max(axis=2) / per_kept_character.sum(axis=2), rtol=1e-4)
+
+
+def test_recogniser_alphabet_is_the_characters_before_cjk(graphs) -> None:
+    """Latin, accented letters, digits and the symbols of labels are kept; CJK ideographs, kana
+    and hangul are dropped, and the output layer shrinks with them (blank and space stay)."""
+    characters = graph_characters(graphs[OCR_RECOGNIZER])
+    assert {"A", "z", "0", "%", "é", "®", "°", "™", "½", "★"} <= set(characters)
+    assert not {"米", "あ", "한", "："} & set(characters)
+    assert all(ord(c) < ALPHABET_END for c in characters) and 1_000 < len(characters) < 2_000
+    output_layer = {init.name: init.dims[-1] for init in graphs[OCR_RECOGNIZER].graph.initializer
+                    if init.dims and init.dims[-1] > 1_000}
+    assert len(output_layer) == 2 and set(output_layer.values()) == {len(characters) + 2}  # weight and bias
 
 
 def common_characters(reference: str, other: str) -> int:
@@ -163,10 +217,15 @@ def common_characters(reference: str, other: str) -> int:
 
 
 def test_int8_recogniser_reads_what_the_fp32_one_reads(graphs, served, fp32_graphs) -> None:
-    """The served recogniser is quantised (INT8 weights behind QDQ pairs); on real photos it
-    reads at least 90% of the characters the FP32 graph reads (measured: 96% on 80 photos)."""
+    """The served recogniser is quantised (INT8 weights behind QDQ pairs; every convolution left
+    unfused, so the committed calibration covers the fused graph); on real photos it reads at least
+    90% of the characters the FP32 graph reads (measured: 97% on 80 photos)."""
     quantised = graphs[OCR_RECOGNIZER]
     assert {"QuantizeLinear", "DequantizeLinear"} <= {node.op_type for node in quantised.graph.node}
+    assert "Gelu" in {node.op_type for node in quantised.graph.node}  # fused before quantisation
+    dequantised = {node.output[0] for node in quantised.graph.node if node.op_type == "DequantizeLinear"}
+    convolutions = [node for node in quantised.graph.node if node.op_type == "Conv"]
+    assert len(convolutions) > 30 and all(set(node.input[:2]) <= dequantised for node in convolutions)
     assert any(init.data_type == onnx.TensorProto.INT8 for init in quantised.graph.initializer)
     fp32 = LocalOcrModels({name: graph.SerializeToString() for name, graph in fp32_graphs.items()})
     characters = graph_characters(graphs[OCR_RECOGNIZER])
@@ -185,7 +244,7 @@ def test_every_reader_setting_changes_the_cache_key() -> None:
     """Text read with other settings must never be reused from the OCR cache."""
     default = ReaderSettings()
     changed = {"detector_side": 640, "max_boxes": 16, "line_width_step": 16, "min_line_width": 64,
-               "min_score": 0.6, "box_threshold": 0.6}
+               "min_score": 0.6, "box_threshold": 0.6, "trim_background": False}
     assert set(changed) == {field.name for field in dataclasses.fields(ReaderSettings)}
     keys = {dataclasses.replace(default, **{name: value}).cache_key for name, value in changed.items()}
     assert len(keys) == len(changed) and default.cache_key not in keys
