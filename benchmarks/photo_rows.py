@@ -29,8 +29,10 @@ import numpy as np
 from client.bundle import Deployment
 from client.images import OCR_MAX_SIDE, ImageFetcher, ImageStatus, prepare_fetched
 from client.links import LinkPolicy
-from client.ocr import run_ocr
-from client.predict import PredictConfig, predict
+from client.models import OCR_MODELS
+from client.ocr import RapidOcrEngine, run_ocr
+from client.ppocr import LocalOcrModels
+from client.predict import DEFAULT_OCR_WORKERS, PredictConfig, predict
 from client.rows import prepare_rows
 from client.serve import LocalTritonServer
 from client.table import read_catalog_csv
@@ -106,7 +108,10 @@ def stage_seconds(csv_path: Path, deployment: Deployment) -> dict[str, float]:
     fetched = timed("download (8 threads)", lambda: fetcher.fetch_many(links))
     prepared = timed("decode and resize", lambda: [prepare_fetched(f, ocr_max_side=OCR_MAX_SIDE) for f in fetched])
     readable = [(p.sha256, p.ocr_pixels) for p in prepared if p.status is ImageStatus.OK]
-    timed("OCR", lambda: run_ocr(deployment.settings.ocr_engine, readable))
+    # as `client predict` runs it in-process: the deployment's graphs, built before the clock starts
+    engine = RapidOcrEngine(run=LocalOcrModels({name: deployment.model_path(name) for name in OCR_MODELS}, threads=1),
+                            characters=deployment.ocr_characters())
+    timed(f"OCR ({DEFAULT_OCR_WORKERS} images at once)", lambda: run_ocr(engine, readable, workers=DEFAULT_OCR_WORKERS))
     pixels = np.stack([p.pixels for p in prepared if p.pixels is not None])
     image_session = load_session(str(deployment.model_path("image_encoder")))
     timed("image encoder (batches of 32)",
