@@ -78,8 +78,8 @@ class ReaderSettings:
         box_threshold: detector boxes with a lower mean probability are dropped.
         trim_background: the detector reads only the part of the image that is not near-white
             background (plus a margin), at the scale it would read the whole image: catalogue
-            photos on white spend a fifth less on detection; an image of background alone is
-            not read.
+            photos on white spend about a quarter less on detection (measured: 72-78 instead of
+            101-106 ms per photo on one thread); an image of background alone is not read.
     """
 
     detector_side: int = 480
