@@ -289,6 +289,7 @@ def _fused(recognizer):
     recogniser's time). Convolutions fused with their activation stay FP32."""
     import onnxruntime as ort
 
+    onnx, _ = _import_onnx()
     with tempfile.TemporaryDirectory(prefix="ppocr-fused-") as folder:
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
@@ -296,7 +297,6 @@ def _fused(recognizer):
         options.log_severity_level = 3
         ort.InferenceSession(recognizer.SerializeToString(), options, providers=["CPUExecutionProvider"],
                              disabled_optimizers=_NOT_ONNX_FUSIONS)
-        onnx, _ = _import_onnx()
         return onnx.load(options.optimized_model_filepath)
 
 
