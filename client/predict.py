@@ -277,7 +277,6 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
             stats["request_s"] += time.perf_counter() - started
         journal.append(predictor.finish(table, wave, positions, outputs))
         stats["image_status"].update(wave.image_status[p] for p in positions)
-        stats["ocr_rows"] += sum(1 for p in positions if wave.ocr_chars[p])
         progress.update(len(positions))
 
     started: list[asyncio.Task] = []
@@ -401,7 +400,7 @@ async def predict_async(config: PredictConfig) -> dict:
         journal = Journal(config.journal, _fingerprint(config.input_csv, deployment), config.restart)
         resumed = sum(1 for sid in table.sample_ids if sid in journal.records)
         todo = np.asarray([i for i, sid in enumerate(table.sample_ids) if sid not in journal.records], dtype=np.int64)
-        stats = {"prepare_s": 0.0, "request_s": 0.0, "image_status": Counter(), "ocr_rows": 0}
+        stats = {"prepare_s": 0.0, "request_s": 0.0, "image_status": Counter()}
         try:
             await _predict_rows(predictor, table, todo, journal, config, stats)
         finally:
@@ -423,7 +422,8 @@ async def predict_async(config: PredictConfig) -> dict:
         "resumed_from_journal": resumed,
         "backend": backend.describe(),
         "images": {status.value: stats["image_status"][status.value] for status in ImageStatus},
-        "rows_with_ocr_text": stats["ocr_rows"],
+        "rows_with_photo": sum(1 for r in records if r["has_image"]),
+        "rows_with_ocr_text": sum(1 for r in records if r["ocr_chars"]),
         "rows_with_warnings": sum(1 for r in records if r["warnings"]),
         # requests overlap, so their summed latency is no wall time: it shows where the time goes
         "seconds": {"total": elapsed, "prepare": stats["prepare_s"], "request_latency_sum": stats["request_s"]},

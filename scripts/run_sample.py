@@ -3,12 +3,17 @@
     python scripts/run_sample.py [--workdir DIR]
 
 Writes DIR/run (training), DIR/deployment (export) and DIR/predictions.csv (default DIR: build).
+The sample's test rows have their photos in sample/images, so the prediction reads them (image
+encoder and OCR) as it would read downloaded ones. It ends with what the rows got, the training
+run's out-of-fold accuracy, where to look next and how long it took.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 from client.cli import main as client_main
@@ -23,8 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("build"))
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     run, deployment = args.workdir / "run", args.workdir / "deployment"
     predictions = args.workdir / "predictions.csv"
+    details, summary = args.workdir / "predictions.details.csv", args.workdir / "predictions.summary.json"
 
     steps = [
         ("train", lambda: train_main([str(SAMPLE / "train.csv"), "-o", str(run), "--images", str(SAMPLE / "images")])),
@@ -38,12 +45,34 @@ def main(argv: list[str] | None = None) -> int:
     with LocalTritonServer(deployment / "model_repository", log_path=args.workdir / "tritonserver.log") as server:
         status = client_main([
             "predict", str(SAMPLE / "test.csv"), "-o", str(predictions), "-d", str(deployment),
-            "--url", server.url, "--images", str(SAMPLE / "images"),
-            "--details", str(args.workdir / "predictions.details.csv"),
-            "--summary", str(args.workdir / "predictions.summary.json"),
+            "--url", server.url, "--images", str(SAMPLE / "images"), "--details", str(details),
+            "--summary", str(summary),
         ])
-    print(f"model card: {deployment / 'MODEL_CARD.md'}")
-    return status
+    if status != 0:
+        return status
+    print_outcome(json.loads(summary.read_text()), json.loads((run / "report.json").read_text()))
+    print(f"""
+== where to look next
+  {predictions}  a price per row
+  {details}  each component's estimate, the photo's status, OCR characters, warnings
+  {summary}  counts and timings of the prediction
+  {deployment / "MODEL_CARD.md"}  what was trained on what, accuracy, export parity
+  {run / "report.json"}  out-of-fold SMAPE per component and fold, timings; plots in {run / "plots"}
+make sample's job took {time.perf_counter() - started:.0f} s""")
+    return 0
+
+
+def print_outcome(summary: dict, report: dict) -> None:
+    """The rows' coverage by photo and OCR, and the training run's out-of-fold SMAPE table."""
+    print(f"\n== {summary['rows']} rows predicted: {summary['rows_with_photo']} from their photo, "
+          f"{summary['rows_with_ocr_text']} with text read off the photo (OCR), "
+          f"{summary['rows_with_warnings']} with a warning")
+    folds = report["folds"]["k"]
+    print(f"\n== out-of-fold SMAPE of the training run ({report['rows']['labelled']} labelled rows, {folds} folds; "
+          "0-200, lower is better; a sample this small says little about accuracy)")
+    width = max(map(len, report["oof_smape"]))
+    for name, score in report["oof_smape"].items():
+        print(f"  {name:<{width}}  {score['all']:6.2f}  (folds {min(score['folds']):.2f}-{max(score['folds']):.2f})")
 
 
 if __name__ == "__main__":

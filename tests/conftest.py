@@ -3,6 +3,7 @@ export, and a real Triton server over that export."""
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 from pathlib import Path
@@ -19,9 +20,15 @@ SHARED_DATA = PROJECT.parent / "shared" / "data" / "amazon2025"
 TRUNCATED_SAMPLE_IDS = ("41876", "127274")
 
 
-needs_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"needs ../shared/data/amazon2025 beside the checkout (not at {SHARED_DATA})"
-)
+# Real product photos: the 845 of ../shared/data/amazon2025 where they are beside the checkout,
+# else the bundled sample's. The photos that tests name are in both folders, byte for byte.
+PHOTOS = SHARED_DATA / "images" if (SHARED_DATA / "images").is_dir() else SAMPLE / "images"
+
+
+def input_ids(path: Path) -> list[str]:
+    """The sample_ids of a catalogue CSV, in file order."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        return [row["sample_id"] for row in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="session")

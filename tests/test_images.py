@@ -39,17 +39,15 @@ from client.images import (
     summarise,
 )
 from client.links import LinkPolicy
-from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import PHOTOS as IMAGES
 from tests.loopback import CountingServer, finishes_within, serving
 
-IMAGES = SHARED_DATA / "images"
-pytestmark = needs_shared_data
 
 GOOD = "21CqJblUm8L.jpg"  # 200x200 product photo
 WIDE = "21DflYyJ4PL.jpg"  # 275x183
 PLUS = "21NcLqW5c+L.jpg"  # '+' in the name, as in many image_link values
 # Truncated exactly as published (PIL: "image file is truncated").
-TRUNCATED = ["71iqlboSaoL.jpg", "815cYjiNUfL.jpg", "91cbBI1-8tL.jpg"]
+TRUNCATED = ["81WWI5CNEJL.jpg", "91cbBI1-8tL.jpg"]
 CDN = "https://m.media-amazon.com/images/I/"
 # Local files and this test's loopback server are refused by default (see test_hostile_input.py).
 TRUSTED = LinkPolicy.from_options(allow_local_files=True, allow_private_addresses=True)

@@ -19,7 +19,7 @@ from export.parity import MaxAbsDiff, MinCosine, ParityError, raise_on_failure
 from export.pipeline import check_parity, load_run
 from export.profiles import CPU_INT8, INT8_EMBEDDING, INT8_LOG_PRICE, ServingProfile
 from export.triton_config import parse_config
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, input_ids
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_client_predict_serves_it_in_process_and_over_triton(deployment, int8_de
     in_process = run("int8", int8_deployment, [])
     with LocalTritonServer(int8_deployment / "model_repository", work_dir=tmp_path / "triton") as server:
         served = run("int8-triton", int8_deployment, [server.url])
-    assert len(in_process) == len(served) == len(fp32) == 50
+    assert len(in_process) == len(served) == len(fp32) == len(input_ids(SAMPLE / "test.csv"))
     assert np.all(np.isfinite(in_process) & (in_process > 0)) and np.all(np.isfinite(served) & (served > 0))
     shift = np.abs(np.log(in_process) - np.log(fp32))
     assert 0 < np.median(shift) < 0.05  # quantisation moves prices, a little

@@ -46,10 +46,8 @@ from client.ppocr import (
     rapidocr_models_dir,
 )
 from scripts.calibrate_ocr import main as calibrate_main
-from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.conftest import PHOTOS as IMAGES
 
-IMAGES = SHARED_DATA / "images"
-pytestmark = needs_shared_data
 
 HAS_TESSERACT = importlib.util.find_spec("pytesseract") is not None and shutil.which("tesseract") is not None
 HAS_PADDLE = importlib.util.find_spec("paddleocr") is not None

@@ -18,7 +18,7 @@ from client.errors import InferenceError, InputError
 from client.links import LinkPolicy
 from client.predict import PredictConfig, predict
 from client.serve import LocalTritonServer
-from tests.conftest import PROJECT, SAMPLE, TRUNCATED_SAMPLE_IDS
+from tests.conftest import PROJECT, SAMPLE, TRUNCATED_SAMPLE_IDS, input_ids
 
 
 def read_prices(path: Path) -> dict[str, float]:
@@ -26,11 +26,6 @@ def read_prices(path: Path) -> dict[str, float]:
         rows = list(csv.DictReader(handle))
     assert [r["sample_id"] for r in rows] == list(dict.fromkeys(r["sample_id"] for r in rows)), "duplicate rows"
     return {r["sample_id"]: float(r["price"]) for r in rows}
-
-
-def input_ids(path: Path) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return [r["sample_id"] for r in csv.DictReader(handle)]
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_in_process_gives_one_positive_price_per_row_in_input_order(tmp_path, de
     prices = read_prices(output)
     assert list(prices) == input_ids(SAMPLE / "test.csv")
     assert all(np.isfinite(p) and p > 0 for p in prices.values())
-    assert summary["rows"] == summary["predicted_now"] == 50
+    assert summary["rows"] == summary["predicted_now"] == len(prices)
     assert not output.with_name(output.name + ".journal").exists()
 
 
@@ -215,9 +210,12 @@ def test_client_runs_against_the_server_with_torch_blocked(tmp_path, deployment,
         "    sys.modules[blocked] = None\n"
         "from client.cli import main\n"
         f"sys.exit(main(['predict', {str(SAMPLE / 'test.csv')!r}, '-o', {str(output)!r}, '-d', {str(deployment)!r},"
-        f" '--url', {triton_server.url!r}, '--cache-dir', {str(cache_dir)!r}, '-q']))\n"
+        f" '--url', {triton_server.url!r}, '--images', {str(SAMPLE / 'images')!r}, '--cache-dir', {str(cache_dir)!r},"
+        " '-q']))\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert list(read_prices(output)) == input_ids(SAMPLE / "test.csv")
-    assert json.loads(result.stdout.splitlines()[0])["rows"] == 50
+    summary = json.loads(result.stdout.splitlines()[0])
+    assert summary["rows"] == summary["rows_with_photo"] == len(input_ids(SAMPLE / "test.csv"))
+    assert summary["rows_with_ocr_text"] >= 10  # the photos' text, read through the server

@@ -9,6 +9,10 @@ from pathlib import Path
 from client.commands.options import add_encoding_option, add_link_options, link_policy, non_negative_int, positive_int
 from client.predict import DEFAULT_CACHE_DIR, PredictConfig, predict
 
+# the summary's counts printed when a run ends (--summary writes all of it)
+SUMMARY_LINE = ("rows", "predicted_now", "resumed_from_journal", "rows_with_photo", "rows_with_ocr_text",
+                "rows_with_warnings")
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("predict", help="predict a price for every row of a catalogue CSV",
@@ -53,6 +57,6 @@ def run(args: argparse.Namespace) -> int:
         summary_json=args.summary, restart=args.restart, progress=not args.quiet, encoding=args.encoding,
         link_policy=link_policy(args),
     ))
-    print(json.dumps({k: summary[k] for k in ("rows", "predicted_now", "resumed_from_journal", "rows_with_warnings")}))
+    print(json.dumps({k: summary[k] for k in SUMMARY_LINE}))
     print(f"wrote {args.output}")
     return 0
