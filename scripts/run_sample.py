@@ -73,6 +73,7 @@ def print_outcome(summary: dict, report: dict) -> None:
     width = max(map(len, report["oof_smape"]))
     for name, score in report["oof_smape"].items():
         print(f"  {name:<{width}}  {score['all']:6.2f}  (folds {min(score['folds']):.2f}-{max(score['folds']):.2f})")
+    print(f"  {'median price':<{width}}  {report['baseline_median_smape']:6.2f}  (the other folds' median, for reference)")
 
 
 if __name__ == "__main__":
