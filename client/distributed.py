@@ -277,10 +277,10 @@ def predict_on_ray(config: PredictConfig, options: RayOptions) -> dict:
 
     Raises:
         InputError: the input is unusable or an output path is refused (before any work).
-        BundleError: the deployment fails its checksums, a node holds another one, or a server
-            serves other models.
-        InferenceError: the servers stayed unavailable past the retries (finished blocks are
-            kept; rerun to continue).
+        BundleError: the deployment fails its checksums, or a server serves other models.
+        InferenceError: a server stayed unavailable past the retries (checked before any work).
+        WorkerError: a worker could not start (e.g. another deployment on its node) or failed a
+            block; the finished blocks are kept, a rerun continues.
         MissingDependencyError: Ray is not installed.
         PredictionInterrupted: Ctrl-C; finished blocks are kept.
     """
@@ -301,7 +301,7 @@ def predict_on_ray(config: PredictConfig, options: RayOptions) -> dict:
         with _connected(options) as ray:
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = config.progress
-            context.raise_original_map_exception = True  # InferenceError, BundleError reach the driver as such
+            context.raise_original_map_exception = True  # the worker's own error, for _cause
             items = [{"block": number,
                       **{column: [values[i] for i in blocks[number]] for column, values in (
                           ("sample_id", table.sample_ids), ("catalog_content", table.texts),

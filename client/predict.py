@@ -56,7 +56,7 @@ DETAIL_COLUMNS = ("sample_id", "price", *COMPONENTS, "has_image", "image_status"
 class PredictConfig:
     """Arguments of one prediction run."""
 
-    input_csv: Path
+    input_csv: Path  # a CSV, a Parquet file or a folder of Parquet files (client.table.read_catalog)
     output_csv: Path
     deployment: Path
     urls: list[str] = field(default_factory=list)
@@ -487,7 +487,7 @@ async def predict_async(config: PredictConfig) -> dict:
     """Runs a whole prediction; returns the summary (also written to `summary_json` if set).
 
     Raises:
-        InputError: the CSV is unusable, or an output path would overwrite an input or
+        InputError: the input is unusable, or an output path would overwrite an input or
             another output (before any work).
         BundleError: the deployment fails its checksums, or a server serves other models.
         InferenceError: the servers stayed unavailable past the retries (finished rows are

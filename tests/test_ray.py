@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from client.distributed import parts_folder
+from client.distributed import BlockParts, parts_folder
 from client.predict import PredictConfig, predict
 from client.ray_cluster import LocalRayCluster
 from tests.conftest import PROJECT, SAMPLE
@@ -95,6 +95,20 @@ def assert_same_rows(output: Path, reference: list[dict[str, str]]) -> None:
     assert details == reference
     assert [r["sample_id"] for r in read_rows(output)] == [r["sample_id"] for r in reference]
     assert not parts_folder(output).exists()
+
+
+def test_only_parts_of_the_same_run_and_rows_count_as_finished(tmp_path):
+    folder = tmp_path / "out.csv.parts"
+    parts = BlockParts(folder, "fingerprint", restart=False)
+    parts.write(0, [{"sample_id": "a"}, {"sample_id": "b"}])
+    parts.write(1, [{"sample_id": "c"}])
+    (folder / ".block-000002.json.x1y2.tmp").write_text("{")  # what a killed write leaves
+    assert set(parts.finished([["a", "b"], ["c"], ["d"]])) == {0, 1}
+    assert set(parts.finished([["a", "b"], ["e"]])) == {0}  # block 1 now holds other rows
+    assert BlockParts(folder, "another input", restart=False).finished([["a", "b"], ["c"]]) == {}
+    assert BlockParts(folder, "fingerprint", restart=True).finished([["a", "b"], ["c"]]) == {}
+    parts.remove()
+    assert not folder.exists()
 
 
 def listening_addresses(pids: set[int]) -> set[str]:
@@ -255,3 +269,19 @@ def test_a_killed_driver_is_resumed_with_only_the_unfinished_blocks(tmp_path, de
     assert summary["predicted_now"] == ROWS - done * BLOCK_ROWS
     assert summary["resumed_from_journal"] == done * BLOCK_ROWS
     assert_same_rows(output, in_process_reference)
+
+
+def test_without_ray_installed_the_option_names_the_extra(tmp_path, deployment):
+    """A machine that predicts alone has no ray (nor pyarrow): the client imports, and --ray says what to install."""
+    script = (
+        "import sys\n"
+        "for blocked in ('ray', 'pyarrow'):\n"
+        "    sys.modules[blocked] = None\n"
+        "from client.cli import main\n"
+        f"sys.exit(main(['predict', {str(SAMPLE / 'test.csv')!r}, '-o', {str(tmp_path / 'out.csv')!r},"
+        f" '-d', {str(deployment)!r}, '--ray', '127.0.0.1:1', '-q']))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT,
+                            timeout=RUN_TIMEOUT_S)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "client predict --ray needs Ray: pip install 'multimodal-price[ray]'" in result.stderr
