@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,serve,test]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[train,serve,ray,test]"
 	touch $@
 
 install: $(VENV)/.installed

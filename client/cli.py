@@ -7,7 +7,14 @@ import logging
 import sys
 
 from client.commands import perf_data, predict, serve
-from client.errors import BundleError, InferenceError, InputError, MissingDependencyError, ServerStartError
+from client.errors import (
+    BundleError,
+    InferenceError,
+    InputError,
+    MissingDependencyError,
+    ServerStartError,
+    WorkerError,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING - 10 * args.verbose, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.run(args)
-    except (InputError, BundleError, InferenceError, ServerStartError, MissingDependencyError) as error:
+    except (InputError, BundleError, InferenceError, ServerStartError, MissingDependencyError, WorkerError) as error:
         print(f"client {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as interrupt:

@@ -16,11 +16,16 @@ class BundleError(ValueError):
 
 
 class ServerStartError(RuntimeError):
-    """The local Triton server could not be started (a known trap, a crash, or a timeout)."""
+    """A local server (tritonserver, a Ray cluster) could not be started (a known trap, a crash, or a timeout)."""
 
 
 class InferenceError(RuntimeError):
     """Inference failed after retries (e.g. the server stayed down)."""
+
+
+class WorkerError(RuntimeError):
+    """A worker of `client predict --ray` could not start or failed a block; the message gives the
+    cause, and the finished blocks are kept for a rerun."""
 
 
 class MissingDependencyError(ImportError):

@@ -307,8 +307,11 @@ class OcrCache:
 
     Each :meth:`put` appends one complete line and flushes it, so a crash loses at most the
     line being written; opening the cache drops such a torn last line (see
-    :class:`client.files.JsonLines`). One process writes a cache file at a time
-    (:func:`run_ocr` writes from the calling process only).
+    :class:`client.files.JsonLines`). :func:`run_ocr` writes from the calling process only;
+    several processes may share a cache file (the actors of one node with `client predict
+    --ray`): each line is appended in one write, so lines do not interleave on a local disk, and
+    a cache opened while another process appends may cut that line off as torn, which costs
+    that image's OCR once more, nothing else.
 
     Args:
         path: The ``.jsonl`` file; created (with its folder) on the first :meth:`put`.

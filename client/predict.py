@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
 from client.ocr import OcrCache, OcrEngine, RapidOcrEngine
 from client.rows import prepare_rows
-from client.table import CatalogTable, read_catalog_csv
+from client.table import CatalogTable, catalog_files, read_catalog
 from client.text import MAX_TEXT_CHARS, length_batches
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ DETAIL_COLUMNS = ("sample_id", "price", *COMPONENTS, "has_image", "image_status"
 class PredictConfig:
     """Arguments of one prediction run."""
 
-    input_csv: Path
+    input_csv: Path  # a CSV, a Parquet file or a folder of Parquet files (client.table.read_catalog)
     output_csv: Path
     deployment: Path
     urls: list[str] = field(default_factory=list)
@@ -106,6 +107,33 @@ class Wave:
     seconds: float = 0.0
 
 
+@dataclass
+class RunStats:
+    """What a run's rows cost and met: preparation and request seconds, image statuses, requests per server."""
+
+    prepare_s: float = 0.0
+    request_s: float = 0.0
+    image_status: Counter = field(default_factory=Counter)
+    requests_per_server: Counter = field(default_factory=Counter)
+
+    def add(self, other: RunStats) -> None:
+        """Adds another part of the run (a block predicted elsewhere) to these figures."""
+        self.prepare_s += other.prepare_s
+        self.request_s += other.request_s
+        self.image_status.update(other.image_status)
+        self.requests_per_server.update(other.requests_per_server)
+
+    def to_json(self) -> str:
+        return json.dumps(vars(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RunStats:
+        values = json.loads(text)
+        return cls(prepare_s=values["prepare_s"], request_s=values["request_s"],
+                   image_status=Counter(values["image_status"]),
+                   requests_per_server=Counter(values["requests_per_server"]))
+
+
 class Journal:
     """Finished rows, one JSON line each, behind a header naming the input and the deployment.
 
@@ -141,9 +169,16 @@ class Journal:
         self.file.sync()
 
 
-def _fingerprint(input_csv: Path, deployment: Deployment) -> str:
-    digest = hashlib.sha256(input_csv.read_bytes())
-    digest.update(json.dumps(deployment.manifest["files"], sort_keys=True).encode())
+def fingerprint(input_path: Path, deployment: Deployment, *extra: object) -> str:
+    """SHA-256 of the input's bytes (each file of a Parquet folder, with its name), the
+    deployment's model files and `extra`: what finished rows on disk must have been made from."""
+    digest = hashlib.sha256()
+    for file in catalog_files(input_path):
+        digest.update(file.name.encode() + b"\0")
+        with file.open("rb") as handle:  # in chunks: the input may be larger than memory
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    digest.update(json.dumps([deployment.manifest["files"], *extra], sort_keys=True, default=str).encode())
     return digest.hexdigest()
 
 
@@ -255,12 +290,13 @@ class Predictor:
         return records
 
 
-async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndarray, journal: Journal,
-                        config: PredictConfig, stats: dict) -> None:
-    """Runs the waves through a two-stage pipeline: while the batches of wave k are inferred
-    (each finished and journaled as it returns), wave k+1 is prepared in a thread. On any
-    exception or cancellation the preparation is told to stop, requests in flight are
-    cancelled, and what finished stays in the journal."""
+async def predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndarray,
+                       on_records: Callable[[list[dict]], None], config: PredictConfig, stats: RunStats) -> None:
+    """Predicts rows `todo` of `table` through a two-stage pipeline: while the batches of wave k
+    are inferred (each finished and handed to `on_records` as it returns), wave k+1 is prepared
+    in a thread. On any exception or cancellation the preparation is told to stop, requests in
+    flight are cancelled, and what finished has been handed over (to the journal, in `predict`)."""
+    predictor.stop.clear()  # a predictor that stopped once (a failed block) can predict again
     # Waves of rows of similar text length make batches of similar token length, with little
     # padding; the output is put back in input order at the end.
     todo = todo[np.argsort([len(table.texts[i]) for i in todo], kind="stable")]
@@ -274,9 +310,9 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
         async with in_flight:
             started = time.perf_counter()
             outputs = await predictor.backend.infer(ensemble, inputs)
-            stats["request_s"] += time.perf_counter() - started
-        journal.append(predictor.finish(table, wave, positions, outputs))
-        stats["image_status"].update(wave.image_status[p] for p in positions)
+            stats.request_s += time.perf_counter() - started
+        on_records(predictor.finish(table, wave, positions, outputs))
+        stats.image_status.update(wave.image_status[p] for p in positions)
         progress.update(len(positions))
 
     started: list[asyncio.Task] = []
@@ -289,7 +325,7 @@ async def _predict_rows(predictor: Predictor, table: CatalogTable, todo: np.ndar
         previous: list[asyncio.Task] = []
         for number in range(len(waves)):
             wave = await upcoming
-            stats["prepare_s"] += wave.seconds
+            stats.prepare_s += wave.seconds
             upcoming = None
             if number + 1 < len(waves):
                 upcoming = loop.run_in_executor(preparer, predictor.prepare, table, waves[number + 1])
@@ -334,6 +370,7 @@ def check_output_paths(config: PredictConfig) -> None:
             cache folder is inside the deployment; the message names the option.
     """
     deployment = config.deployment.resolve()
+    input_folder = config.input_csv.resolve() if config.input_csv.is_dir() else None
     if config.cache_dir.exists() and not config.cache_dir.is_dir():
         raise InputError(f"--cache-dir {config.cache_dir} is not a folder")
     if config.cache_dir.resolve().is_relative_to(deployment):
@@ -349,6 +386,8 @@ def check_output_paths(config: PredictConfig) -> None:
             raise InputError(f"{option} {path} is the input CSV: it would be overwritten; name another file")
         if path.resolve().is_relative_to(deployment):
             raise InputError(f"{option} {path} is inside the deployment {config.deployment}: name a file elsewhere")
+        if input_folder is not None and path.resolve().is_relative_to(input_folder):
+            raise InputError(f"{option} {path} is inside the input folder {config.input_csv}: name a file elsewhere")
         for other_option, other in seen.items():
             if _same_file(path, other):
                 raise InputError(f"{option} and {other_option} are the same file {path}: name two files")
@@ -368,72 +407,111 @@ def _write_csv(path: Path, header: tuple[str, ...], rows: list[list]) -> None:
         writer.writerows(rows)
 
 
-def make_backend(deployment: Deployment, urls: list[str], retries: int = 5) -> InferenceBackend:
-    """Triton over gRPC when server URLs are given, else in-process ONNX Runtime."""
-    return TritonBackend(urls, retries=retries) if urls else InProcessBackend(deployment)
+def make_backend(deployment: Deployment, urls: list[str], retries: int = 5, threads: int = 0) -> InferenceBackend:
+    """Triton over gRPC when server URLs are given, else in-process ONNX Runtime (`threads`
+    intra-op threads per model; 0: every core)."""
+    return TritonBackend(urls, retries=retries) if urls else InProcessBackend(deployment, threads=threads)
 
 
-async def predict_async(config: PredictConfig) -> dict:
-    """Runs a whole prediction; returns the summary (also written to `summary_json` if set).
+async def open_predictor(config: PredictConfig, deployment: Deployment, threads: int = 0) -> Predictor:
+    """The run's backend, checked against the deployment, and its Predictor (downloads and OCR
+    cached under `config.cache_dir`). Call it on the event loop that will run the predictions.
 
     Raises:
-        InputError: the CSV is unusable, or an output path would overwrite an input or
-            another output (before any work).
-        BundleError: the deployment fails its checksums, or a server serves other models.
-        InferenceError: the servers stayed unavailable past the retries (finished rows are
-            in the journal; rerun to continue).
+        BundleError: a server serves other model files than the deployment's.
+        InferenceError: a server cannot be reached.
     """
-    started = time.perf_counter()
-    if config.images_dir is not None and not config.images_dir.is_dir():
-        raise InputError(f"--images {config.images_dir} is not a folder")
-    table = read_catalog_csv(config.input_csv, encoding=config.encoding)
-    deployment = Deployment.load(config.deployment)
-    check_output_paths(config)  # after the inputs: a refused input leaves no output folder behind
-    backend = make_backend(deployment, config.urls, config.retries)
+    backend = make_backend(deployment, config.urls, config.retries, threads)
     try:
         await backend.verify(deployment)
-        predictor = Predictor(
+        return Predictor(
             deployment, backend,
             ImageFetcher(config.images_dir, cache_dir=config.cache_dir / "images", policy=config.link_policy),
             OcrCache(config.cache_dir / "ocr_cache.jsonl"), config.ocr_workers,
         )
-        journal = Journal(config.journal, _fingerprint(config.input_csv, deployment), config.restart)
-        resumed = sum(1 for sid in table.sample_ids if sid in journal.records)
-        todo = np.asarray([i for i, sid in enumerate(table.sample_ids) if sid not in journal.records], dtype=np.int64)
-        stats = {"prepare_s": 0.0, "request_s": 0.0, "image_status": Counter()}
-        try:
-            await _predict_rows(predictor, table, todo, journal, config, stats)
-        finally:
-            journal.close()
-    finally:
+    except BaseException:
         await backend.close()
+        raise
 
-    records = [journal.records[sid] for sid in table.sample_ids]
+
+def check_inputs(config: PredictConfig) -> tuple[CatalogTable, Deployment]:
+    """Reads the input and the deployment and checks the output paths, before any work.
+
+    Raises:
+        InputError: the input is unusable or an output path is refused.
+        BundleError: the deployment fails its checksums.
+    """
+    if config.images_dir is not None and not config.images_dir.is_dir():
+        raise InputError(f"--images {config.images_dir} is not a folder")
+    table = read_catalog(config.input_csv, encoding=config.encoding)
+    deployment = Deployment.load(config.deployment)
+    check_output_paths(config)  # after the inputs: a refused input leaves no output folder behind
+    return table, deployment
+
+
+def write_outputs(config: PredictConfig, records: list[dict]) -> None:
+    """Writes the output CSV (and the details CSV when asked), atomically, one line per record."""
     _write_csv(config.output_csv, ("sample_id", "price"), [[r["sample_id"], f"{r['price']:.4f}"] for r in records])
     if config.details_csv:
         _write_csv(config.details_csv, DETAIL_COLUMNS, [
             [r["sample_id"], f"{r['price']:.4f}", *(f"{r[c]:.4f}" for c in COMPONENTS), r["has_image"],
              r["image_status"], r["ocr_chars"], "; ".join(r["warnings"])] for r in records
         ])
-    elapsed = time.perf_counter() - started
+
+
+def summarize(config: PredictConfig, records: list[dict], predicted_now: int, stats: RunStats, backend: str,
+              elapsed: float, **extra: object) -> dict:
+    """The run's summary (written to `summary_json` when set): rows, images, OCR, rows/s, and `extra`."""
     summary = {
-        "rows": len(table),
-        "predicted_now": len(todo),
-        "resumed_from_journal": resumed,
-        "backend": backend.describe(),
-        "images": {status.value: stats["image_status"][status.value] for status in ImageStatus},
+        "rows": len(records),
+        "predicted_now": predicted_now,
+        "resumed_from_journal": len(records) - predicted_now,
+        "backend": backend,
+        "images": {status.value: stats.image_status[status.value] for status in ImageStatus},
         "rows_with_photo": sum(1 for r in records if r["has_image"]),
         "rows_with_ocr_text": sum(1 for r in records if r["ocr_chars"]),
         "rows_with_warnings": sum(1 for r in records if r["warnings"]),
         # requests overlap, so their summed latency is no wall time: it shows where the time goes
-        "seconds": {"total": elapsed, "prepare": stats["prepare_s"], "request_latency_sum": stats["request_s"]},
-        "rows_per_second": len(todo) / elapsed if elapsed else 0.0,
+        "seconds": {"total": elapsed, "prepare": stats.prepare_s, "request_latency_sum": stats.request_s},
+        "rows_per_second": predicted_now / elapsed if elapsed else 0.0,
+        **extra,
     }
-    if requests_per_server := backend.requests_per_server():
-        summary["requests_per_server"] = requests_per_server
+    if stats.requests_per_server:
+        summary["requests_per_server"] = dict(stats.requests_per_server)
     if config.summary_json:
         with atomic_write(config.summary_json, encoding="utf-8") as handle:
             handle.write(json.dumps(summary, indent=2))
+    return summary
+
+
+async def predict_async(config: PredictConfig) -> dict:
+    """Runs a whole prediction; returns the summary (also written to `summary_json` if set).
+
+    Raises:
+        InputError: the input is unusable, or an output path would overwrite an input or
+            another output (before any work).
+        BundleError: the deployment fails its checksums, or a server serves other models.
+        InferenceError: the servers stayed unavailable past the retries (finished rows are
+            in the journal; rerun to continue).
+    """
+    started = time.perf_counter()
+    table, deployment = check_inputs(config)
+    predictor = await open_predictor(config, deployment)
+    stats = RunStats()
+    try:
+        journal = Journal(config.journal, fingerprint(config.input_csv, deployment), config.restart)
+        todo = np.asarray([i for i, sid in enumerate(table.sample_ids) if sid not in journal.records], dtype=np.int64)
+        try:
+            await predict_rows(predictor, table, todo, journal.append, config, stats)
+        finally:
+            journal.close()
+    finally:
+        stats.requests_per_server.update(predictor.backend.requests_per_server())
+        await predictor.backend.close()
+
+    records = [journal.records[sid] for sid in table.sample_ids]
+    write_outputs(config, records)
+    summary = summarize(config, records, len(todo), stats, predictor.backend.describe(), time.perf_counter() - started)
     config.journal.unlink()  # last: every output is written
     return summary
 

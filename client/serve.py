@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from client.errors import MissingDependencyError, ServerStartError
+from client.processes import free_port, kill_group
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class LocalTritonServer:
                 shutil.rmtree(copy, ignore_errors=True)
                 repository, _ = cpu_model_repository(repository, copy)
             for _ in range(_PORT_ATTEMPTS):
-                self._port = self._requested_port or _free_port()
+                self._port = self._requested_port or free_port()
                 self._launch(install, backends, repository)
                 if self._wait_until_ready():
                     logger.info("tritonserver ready at %s (pid %d)", self.url, self.pid)
@@ -291,7 +291,7 @@ class LocalTritonServer:
         """SIGKILLs the server's process group, as a crash would; `stop()` still cleans up."""
         if self._process is None:
             return
-        _kill_group(self._process.pid)
+        kill_group(self._process.pid)
         self._process.wait()
 
     def __enter__(self) -> LocalTritonServer:
@@ -417,7 +417,7 @@ class LocalTritonServer:
                 self._process.wait(timeout=_EXIT_TIMEOUT_S + 10)
             except subprocess.TimeoutExpired:
                 logger.warning("tritonserver (pid %d) ignored SIGTERM", self._process.pid)
-        _kill_group(self._process.pid)
+        kill_group(self._process.pid)
         self._process.wait()
         self._process = None
 
@@ -452,36 +452,3 @@ def run_until_interrupted(server: LocalTritonServer) -> None:
         for signum, handler in handlers.items():
             signal.signal(signum, handler)
         server.stop()
-
-
-def _free_port() -> int:
-    """Returns a TCP port on 127.0.0.1 that is free right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _kill_group(pgid: int, timeout_s: float = 5.0) -> None:
-    """SIGKILLs what is left of a process group and waits until none of it is alive."""
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout_s
-    while _group_alive(pgid):
-        if time.monotonic() > deadline:
-            logger.warning("process group %d still alive %.0f s after SIGKILL", pgid, timeout_s)
-            return
-        time.sleep(0.02)
-
-
-def _group_alive(pgid: int) -> bool:
-    """Tells whether a process group has a member that is not a zombie (Linux /proc)."""
-    for stat_file in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            state, _, group = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
-        except (OSError, IndexError):
-            continue
-        if int(group) == pgid and state != "Z":
-            return True
-    return False

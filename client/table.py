@@ -1,10 +1,12 @@
-"""Reading catalogue CSV files, refusing unusable ones before any work is done.
+"""Reading catalogue CSV and Parquet files, refusing unusable ones before any work is done.
 
 Parsing is strict: a wrong encoding, an unclosed quote, a row with too few or too many fields
 or a field that swallowed whole lines of the file is an error naming the line, never a row
 silently lost or shifted. Problems of the file's structure are reported by physical line
 number ("line 7"); problems of the content by data-row number ("row 3": the third product in
-the file, the header not counted, whatever line breaks its text contains).
+the file, the header not counted, whatever line breaks its text contains). Parquet input (a
+file, or a folder of files as large catalogues are stored) is checked the same way for its
+columns and sample_ids; it needs pyarrow (the `ray` extra).
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Literal
 
 import numpy as np
 
-from client.errors import InputError
+from client.errors import InputError, MissingDependencyError
 
 REQUIRED_COLUMNS = ("sample_id", "catalog_content", "image_link")
 PRICE_COLUMN = "price"
+PARQUET_SUFFIX = ".parquet"
 BadPricePolicy = Literal["refuse", "skip"]
 _MAX_LISTED = 10
 
@@ -169,6 +172,36 @@ def _structure_problems(header: list[str], rows: list[tuple[int, list[str]]], li
     return problems
 
 
+def _check_sample_ids(path: Path, sample_ids: list[str], numbering: str = "") -> None:
+    """Refuses empty and repeated sample_ids, naming their data-row numbers (1-based).
+
+    Raises:
+        InputError: a sample_id is empty or repeated; `numbering` is added to the message.
+    """
+    first_seen: dict[str, int] = {}
+    duplicates: dict[str, list[int]] = defaultdict(list)
+    empty_ids: list[int] = []
+    for number, sample_id in enumerate(sample_ids, start=1):
+        if not sample_id:
+            empty_ids.append(number)
+        elif sample_id in first_seen:
+            duplicates[sample_id].append(number)
+        else:
+            first_seen[sample_id] = number
+    if empty_ids:
+        raise InputError(f"{path}: empty sample_id in {_describe_rows(empty_ids)}{numbering}")
+    if duplicates:
+        details = "; ".join(
+            f"{sid!r} in rows {first_seen[sid]}, {', '.join(map(str, rows))}"
+            for sid, rows in list(duplicates.items())[:_MAX_LISTED]
+        )
+        more = len(duplicates) - _MAX_LISTED
+        raise InputError(
+            f"{path}: {len(duplicates)} duplicate sample_id(s): {details}"
+            + (f" and {more} more" if more > 0 else "") + numbering
+        )
+
+
 def _parse_price(raw: str | None) -> tuple[float | None, str]:
     if raw is None or raw.strip() == "":
         return None, "price is missing"
@@ -234,29 +267,7 @@ def read_catalog_csv(
         raise InputError(f"{path}: {len(problems)} malformed line(s): {_list_problems(problems)}")
     records = [dict(zip(header, fields)) for _, fields in rows]
 
-    first_seen: dict[str, int] = {}
-    duplicates: dict[str, list[int]] = defaultdict(list)
-    empty_ids: list[int] = []
-    for number, record in enumerate(records, start=1):
-        sample_id = (record.get("sample_id") or "").strip()
-        if not sample_id:
-            empty_ids.append(number)
-        elif sample_id in first_seen:
-            duplicates[sample_id].append(number)
-        else:
-            first_seen[sample_id] = number
-    if empty_ids:
-        raise InputError(f"{path}: empty sample_id in {_describe_rows(empty_ids)}")
-    if duplicates:
-        details = "; ".join(
-            f"{sid!r} in rows {first_seen[sid]}, {', '.join(map(str, rows))}"
-            for sid, rows in list(duplicates.items())[:_MAX_LISTED]
-        )
-        more = len(duplicates) - _MAX_LISTED
-        raise InputError(
-            f"{path}: {len(duplicates)} duplicate sample_id(s): {details}"
-            + (f" and {more} more" if more > 0 else "")
-        )
+    _check_sample_ids(path, [(record.get("sample_id") or "").strip() for record in records])
 
     table = CatalogTable(sample_ids=[], texts=[], image_links=[], row_numbers=[])
     prices: list[float] = []
@@ -284,3 +295,90 @@ def read_catalog_csv(
         if not table.sample_ids:
             raise InputError(f"{path}: no row has a usable price")
     return table
+
+
+def is_parquet(path: Path) -> bool:
+    """Whether an input is read as Parquet: a `.parquet` file, or a folder of them."""
+    return path.is_dir() or path.suffix.lower() == PARQUET_SUFFIX
+
+
+def catalog_files(path: Path) -> list[Path]:
+    """The files an input consists of: the file itself, or a folder's `*.parquet` files in name order.
+
+    Raises:
+        InputError: the folder holds no `.parquet` file.
+    """
+    if not path.is_dir():
+        return [path]
+    files = sorted(path.glob(f"*{PARQUET_SUFFIX}"))
+    if not files:
+        raise InputError(f"{path}: a folder without {PARQUET_SUFFIX} files")
+    return files
+
+
+def read_catalog(path: str | Path, *, encoding: str | None = None) -> CatalogTable:
+    """Reads the catalogue to predict: a CSV file, a Parquet file or a folder of Parquet files.
+
+    Args:
+        path: the input.
+        encoding: a CSV's text encoding (see `read_catalog_csv`); Parquet stores UTF-8.
+
+    Raises:
+        InputError: the input is unusable (see `read_catalog_csv` and `read_catalog_parquet`).
+        MissingDependencyError: the input is Parquet and pyarrow is not installed.
+    """
+    path = Path(path)
+    return read_catalog_parquet(path) if is_parquet(path) else read_catalog_csv(path, encoding=encoding)
+
+
+def _as_text(value: object) -> str:
+    """A Parquet cell as the CSV reader would give it: "" for a null, numbers as their digits."""
+    return "" if value is None else str(value)
+
+
+def read_catalog_parquet(path: str | Path) -> CatalogTable:
+    """Reads and validates a Parquet catalogue: one file, or a folder of `*.parquet` files read in
+    name order as one table.
+
+    Columns other than the required ones are not read. Nulls read as empty text; a numeric
+    sample_id reads as its digits.
+
+    Raises:
+        InputError: a file is not Parquet or lacks a required column, there are no rows, or a
+            sample_id is empty or repeated (rows numbered across the files, in name order).
+        MissingDependencyError: pyarrow is not installed.
+    """
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as error:
+        raise MissingDependencyError(
+            f"reading Parquet ({path}) needs pyarrow: pip install 'multimodal-price[ray]'"
+        ) from error
+    path = Path(path)
+    files = catalog_files(path)
+    columns: dict[str, list[str]] = {name: [] for name in REQUIRED_COLUMNS}
+    for file in files:
+        try:
+            names = pq.read_schema(file).names
+            missing = [c for c in REQUIRED_COLUMNS if c not in names]
+            if missing:
+                raise InputError(
+                    f"{file}: missing required column(s) {', '.join(missing)}; the file has {', '.join(names)}"
+                )
+            part = pq.read_table(file, columns=list(REQUIRED_COLUMNS))
+        except (OSError, pa.ArrowException) as error:
+            raise InputError(f"{file}: not a readable Parquet file ({error})") from None
+        for name in REQUIRED_COLUMNS:
+            columns[name].extend(_as_text(value) for value in part.column(name).to_pylist())
+    if not columns["sample_id"]:
+        raise InputError(f"{path}: no rows")
+    sample_ids = [sample_id.strip() for sample_id in columns["sample_id"]]
+    numbering = f" (rows numbered across its {len(files)} files in name order)" if len(files) > 1 else ""
+    _check_sample_ids(path, sample_ids, numbering)
+    return CatalogTable(
+        sample_ids=sample_ids,
+        texts=columns["catalog_content"],
+        image_links=[link.strip() for link in columns["image_link"]],
+        row_numbers=list(range(1, len(sample_ids) + 1)),
+    )
