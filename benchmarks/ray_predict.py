@@ -7,8 +7,9 @@ Rows: the first --rows of ../shared/data/amazon2025/test.csv (text-only: no phot
 offline), else of sample/test.csv. The Ray runs go to a private cluster on this machine
 (client.ray_cluster: loopback only, as many CPUs as the machine has), started once; each run
 connects, starts its actors (each loads the deployment) and predicts, and its rows/s counts all
-of that, as a user's run does; "startup" is the time of a run of one block of 8 rows. Modes
-alternate; rows/s is the median of --repeats runs. Every run must give the single process's
+of that, as a user's run does. Each mode first runs once on 8 rows, not counted (the
+deployment's files in the page cache, Ray's worker processes started). Modes alternate; rows/s
+is the median of --repeats runs. Every run must give the single process's
 prices (checked).
 """
 
@@ -41,10 +42,10 @@ def write_rows(path: Path, rows: int) -> None:
         writer.writerows([row["sample_id"], row["catalog_content"], ""] for row in selected)
 
 
-def run(config: PredictConfig, options: RayOptions | None) -> tuple[float, float, list[str]]:
-    """One run: (rows/s, seconds, the output's lines)."""
+def run(config: PredictConfig, options: RayOptions | None) -> tuple[float, list[str]]:
+    """One run: (rows/s, the output's lines)."""
     summary = predict(config) if options is None else predict_on_ray(config, options)
-    return summary["rows_per_second"], summary["seconds"]["total"], config.output_csv.read_text().splitlines()
+    return summary["rows_per_second"], config.output_csv.read_text().splitlines()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,23 +76,22 @@ def main(argv: list[str] | None = None) -> int:
                                  cache_dir=workdir / "cache", restart=True, progress=False)
 
         rates: dict[str, list[float]] = {mode: [] for mode in modes}
-        startup: dict[str, float] = {}
         reference: list[str] | None = None
-        for mode, options in modes.items():
-            startup[mode] = run(config(one_block_csv, "startup"), options)[1]
+        for options in modes.values():
+            run(config(one_block_csv, "warm-up"), options)
         for _ in range(args.repeats):
             for mode, options in modes.items():
-                rate, _, lines = run(config(rows_csv, "out"), options)
+                rate, lines = run(config(rows_csv, "out"), options)
                 reference = reference or lines
                 if lines != reference:
                     raise SystemExit(f"{mode}: prices differ from the first run's")
                 rates[mode].append(rate)
 
     print(f"{args.rows} text-only rows, blocks of {args.block_rows}, in-process ONNX Runtime, {cores} cores; "
-          f"rows/s: median of {args.repeats} runs (modes alternating); startup: a run of 8 rows")
+          f"rows/s: median of {args.repeats} runs (modes alternating)")
     for mode in modes:
         print(f"{mode:<45} {statistics.median(rates[mode]):7.1f} rows/s (runs: "
-              f"{', '.join(f'{r:.1f}' for r in rates[mode])})   startup {startup[mode]:5.1f} s")
+              f"{', '.join(f'{r:.1f}' for r in rates[mode])})")
     return 0
 
 

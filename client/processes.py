@@ -35,15 +35,20 @@ def kill_group(pgid: int, timeout_s: float = 5.0) -> None:
         time.sleep(0.02)
 
 
-def group_members(pgid: int) -> Iterator[int]:
-    """The pids of a process group's members that are not zombies (Linux /proc)."""
+def live_processes() -> Iterator[tuple[int, int, int]]:
+    """(pid, parent pid, process group) of every process that is not a zombie (Linux /proc)."""
     for stat_file in Path("/proc").glob("[0-9]*/stat"):
         try:
-            state, _, group = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
+            state, parent, group = stat_file.read_text().rsplit(")", 1)[1].split()[:3]
         except (OSError, IndexError):
             continue
-        if int(group) == pgid and state != "Z":
-            yield int(stat_file.parent.name)
+        if state != "Z":
+            yield int(stat_file.parent.name), int(parent), int(group)
+
+
+def group_members(pgid: int) -> Iterator[int]:
+    """The pids of a process group's members that are not zombies."""
+    return (pid for pid, _, group in live_processes() if group == pgid)
 
 
 def group_alive(pgid: int) -> bool:

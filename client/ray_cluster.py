@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from client.errors import MissingDependencyError, ServerStartError
-from client.processes import free_port, group_members, kill_group
+from client.processes import free_port, kill_group, live_processes
 
 logger = logging.getLogger(__name__)
 
@@ -130,15 +130,9 @@ class LocalRayCluster:
     def processes(self) -> Iterator[tuple[int, str]]:
         """(pid, command line) of each live process of the cluster: its process group and their
         descendants (Ray's workers run in sessions of their own, under the raylet)."""
-        parents = {}
-        for stat_file in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                state, parent = stat_file.read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, IndexError):
-                continue
-            if state != "Z":
-                parents[int(stat_file.parent.name)] = int(parent)
-        members = set(group_members(self.pgid))
+        live = list(live_processes())
+        parents = {pid: parent for pid, parent, _ in live}
+        members = {pid for pid, _, group in live if group == self.pgid}
         while grown := {pid for pid, parent in parents.items() if parent in members} - members:
             members |= grown
         for pid in sorted(members):

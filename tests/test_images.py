@@ -42,7 +42,6 @@ from client.links import LinkPolicy
 from tests.conftest import PHOTOS as IMAGES
 from tests.loopback import CountingServer, finishes_within, serving
 
-
 GOOD = "21CqJblUm8L.jpg"  # 200x200 product photo
 WIDE = "21DflYyJ4PL.jpg"  # 275x183
 PLUS = "21NcLqW5c+L.jpg"  # '+' in the name, as in many image_link values

@@ -48,7 +48,6 @@ from client.ppocr import (
 from scripts.calibrate_ocr import main as calibrate_main
 from tests.conftest import PHOTOS as IMAGES
 
-
 HAS_TESSERACT = importlib.util.find_spec("pytesseract") is not None and shutil.which("tesseract") is not None
 HAS_PADDLE = importlib.util.find_spec("paddleocr") is not None
 
