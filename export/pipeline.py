@@ -50,6 +50,7 @@ from client.models import (
     ModelDims,
     served_models,
 )
+from client.ocr import ocr_cache_key
 from client.ppocr import graph_characters
 from client.retrieval import NeighbourIndex
 from export.model_card import write_model_card
@@ -262,6 +263,20 @@ def check_export_paths(run_dir: Path, output: Path) -> None:
                          "on export, so name a new or empty folder, or a previous deployment")
 
 
+def check_ocr_reader(loaded: LoadedRun) -> None:
+    """Refuses a run whose training rows' OCR text was read by other graphs or settings than the
+    ones this export serves: its models learnt from text that serving would not give them.
+
+    Raises:
+        InputError: the run's OCR reader (its report's ``ocr.reader``) is not this code's.
+    """
+    trained = loaded.run.read_json(loaded.run.report).get("ocr", {}).get("reader")
+    served = ocr_cache_key(loaded.config.ocr_engine)
+    if trained != served:
+        raise InputError(f"{loaded.run.root}: its training rows' OCR text was read by {trained!r}, but this "
+                         f"export serves {served!r}: train again with this code, or export with the code that trained it")
+
+
 def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
                check: bool = True, profile: ServingProfile = FP32) -> ExportResult:
     """Exports a training run into `output` (model_repository/ + bundle/ + MODEL_CARD.md).
@@ -275,12 +290,14 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         profile: the serving profile (export.profiles): which graphs are quantised to INT8.
 
     Raises:
-        InputError: `run_dir` is no complete training run, or `output` is a file or a folder
-            that holds something other than a deployment (it is never deleted then).
+        InputError: `run_dir` is no complete training run, its OCR text was read by another
+            reader than this export serves, or `output` is a file or a folder that holds
+            something other than a deployment (it is never deleted then).
         ParityError: an exported graph misses its parity bound (with `check`).
     """
     check_export_paths(run_dir, output)
     loaded = load_run(run_dir)
+    check_ocr_reader(loaded)
     if output.exists():
         shutil.rmtree(output)
     paths = export_graphs(loaded, output / REPOSITORY_DIR)
