@@ -3,10 +3,14 @@ an http link, downloaded, decoded and read by OCR with empty caches, beside the 
 text-only, and the cost of each stage measured alone on the same photos.
 
     python benchmarks/photo_rows.py DEPLOYMENT [--rows 256] [--repeats 3] [--delay-ms 50] [--triton]
+        [--baseline CODE_DIR BASELINE_DEPLOYMENT]
 
 The photos are the train rows' photos in ../shared/data/amazon2025/images, served by an HTTP
 server on 127.0.0.1 that waits --delay-ms before each answer (a stand-in for a CDN's latency).
-Each run starts with an empty download and OCR cache. Nothing leaves the machine.
+Each run is a `client predict` process of its own, with an empty download and OCR cache; the
+modes take turns within each repeat. --baseline also runs another checkout's client (CODE_DIR,
+e.g. a `git worktree` of an older commit) with the deployment that checkout exported, on the same
+rows in the same turns. Nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import argparse
 import csv
 import http.server
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,14 +39,15 @@ from client.links import LinkPolicy
 from client.models import OCR_MODELS
 from client.ocr import RapidOcrEngine, run_ocr
 from client.ppocr import LocalOcrModels
-from client.predict import DEFAULT_OCR_WORKERS, PredictConfig, predict
+from client.predict import DEFAULT_OCR_WORKERS
 from client.rows import prepare_rows
 from client.serve import LocalTritonServer
 from client.table import read_catalog_csv
 from client.text import length_batches
 from export.parity import load_session
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "amazon2025"
 LOOPBACK = LinkPolicy.from_options(networks=["127.0.0.0/8"])
 
 
@@ -85,11 +93,15 @@ def write_rows(path: Path, base_url: str | None, limit: int) -> None:
             writer.writerow([row["sample_id"], row["catalog_content"], f"{base_url}/{name}" if base_url else ""])
 
 
-def client_predict(csv_path: Path, deployment: Path, workdir: Path, urls: list[str]) -> dict:
-    """One `client predict` run with empty caches; its summary."""
+def client_predict(code: Path, csv_path: Path, deployment: Path, workdir: Path, urls: list[str]) -> dict:
+    """One `client predict` process of the checkout at `code`, with empty caches; its summary."""
     cache = Path(tempfile.mkdtemp(dir=workdir))
-    return predict(PredictConfig(input_csv=csv_path, output_csv=cache / "out.csv", deployment=deployment, urls=urls,
-                                 cache_dir=cache, restart=True, progress=False, link_policy=LOOPBACK))
+    command = [sys.executable, "-m", "client", "predict", str(csv_path), "-o", str(cache / "out.csv"),
+               "-d", str(deployment), "--cache-dir", str(cache), "--summary", str(cache / "summary.json"),
+               "--allow-network", "127.0.0.0/8", "-q", *(option for url in urls for option in ("--url", url))]
+    subprocess.run(command, cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True,
+                   stdout=subprocess.DEVNULL)
+    return json.loads((cache / "summary.json").read_text())
 
 
 def stage_seconds(csv_path: Path, deployment: Deployment) -> dict[str, float]:
@@ -137,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay-ms", type=float, default=50.0, help="the photo server's delay per answer")
     parser.add_argument("--triton", action="store_true", help="also through a local Triton server over gRPC")
     parser.add_argument("--server-threads", type=int, default=2)
+    parser.add_argument("--baseline", nargs=2, type=Path, metavar=("CODE_DIR", "DEPLOYMENT"),
+                        help="also another checkout's client, with the deployment it exported")
     args = parser.parse_args(argv)
 
     deployment = Deployment.load(args.deployment)
@@ -146,15 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         photo_csv, text_csv = workdir / "photo_rows.csv", workdir / "text_rows.csv"
         write_rows(photo_csv, base_url, args.rows)
         write_rows(text_csv, None, args.rows)
-        modes = {"photo rows, in-process": (photo_csv, []), "same rows text-only, in-process": (text_csv, [])}
+        modes = {"photo rows, in-process": (ROOT, photo_csv, args.deployment, []),
+                 "same rows text-only, in-process": (ROOT, text_csv, args.deployment, [])}
+        if args.baseline:
+            modes["photo rows, in-process, baseline"] = (args.baseline[0].resolve(), photo_csv, args.baseline[1], [])
         server = LocalTritonServer(deployment.repository, ort_threads=args.server_threads) if args.triton else None
         if server is not None:
             server.start()
-            modes["photo rows, Triton gRPC"] = (photo_csv, [server.url])
+            modes["photo rows, Triton gRPC"] = (ROOT, photo_csv, args.deployment, [server.url])
         try:
             for _ in range(args.repeats):
-                for mode, (csv_path, urls) in modes.items():
-                    runs.setdefault(mode, []).append(client_predict(csv_path, args.deployment, workdir, urls))
+                for mode, (code, csv_path, deployment_dir, urls) in modes.items():
+                    runs.setdefault(mode, []).append(client_predict(code, csv_path, deployment_dir, workdir, urls))
         finally:
             if server is not None:
                 server.stop()
@@ -170,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
         each = ", ".join(f"{s['rows_per_second']:.2f}" for s in summaries)
         print(f"  {mode:<34}{rates[mode]:>7.2f} rows/s   row preparation {prepare:6.1f} s   (runs: {each})")
     print(f"  photo rows / text-only rows: {rates['photo rows, in-process'] / rates['same rows text-only, in-process']:.2f}x")
+    if args.baseline:
+        print(f"  photo rows, this code / baseline ({args.baseline[0]}): "
+              f"{rates['photo rows, in-process'] / rates['photo rows, in-process, baseline']:.2f}x")
+    if server is not None:
+        print(f"  photo rows, Triton / in-process: {rates['photo rows, Triton gRPC'] / rates['photo rows, in-process']:.2f}x")
     print("stages alone, same rows (ms per photo; text encoder ms per row), one run:")
     for stage, seconds in stages.items():
         print(f"  {stage:<34}{1000 * seconds / (args.rows if stage.startswith('text') else photos):>8.1f}")

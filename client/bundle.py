@@ -7,7 +7,8 @@
       bundle/
         manifest.json         SHA-256 of every file of the deployment, model identities,
                               package versions, opsets, parity figures, the serving
-                              profile (fp32 or cpu-int8) and each graph's precision
+                              profile (fp32, cpu-int8 or cpu-int8-vnni), why it
+                              was chosen, and each graph's precision
         settings.json         preprocessing and serving settings (ServingSettings)
         blend.json            blend weights
         tokenizer.json, special_tokens_map.json
@@ -114,8 +115,13 @@ class Deployment:
 
     @property
     def profile(self) -> str:
-        """The serving profile it was exported with (export-bundle --profile): fp32 or cpu-int8."""
+        """The serving profile it was exported with (export-bundle --profile): fp32, cpu-int8 or cpu-int8-vnni."""
         return self.manifest.get("profile", "fp32")
+
+    @property
+    def cpu_flags_needed(self) -> frozenset[str]:
+        """CPU flags of which the serving CPU needs one (empty: any CPU), as the profile recorded them."""
+        return frozenset(self.manifest.get("profile_cpu_flags", ()))
 
     def model_path(self, model: str) -> Path:
         return self.repository / model / "1" / MODEL_FILE

@@ -11,13 +11,14 @@ import itertools
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
 
 from client.bundle import MODEL_SHA_PARAMETER, Deployment
+from client.cpu import cpu_flags
 from client.errors import BundleError, InferenceError
 from client.models import ENSEMBLE_OUTPUTS, OCR_MODELS, ModelRunner, served_models
 
@@ -44,16 +45,34 @@ class InferenceBackend(ABC):
 
     def model_runner(self) -> ModelRunner:
         """A blocking `run(model, inputs) -> outputs` for threads other than the event loop's (the
-        threads that read the text of photos). Call it from a coroutine: the calls go through
-        `infer` on the running loop."""
-        loop = asyncio.get_running_loop()
-        return lambda model, inputs: asyncio.run_coroutine_threadsafe(self.infer(model, inputs), loop).result()
+        threads that read the text of photos), with `run_many` sending several requests at once.
+        Call it from a coroutine: the calls go through `infer` on the running loop."""
+        return _LoopRunner(self, asyncio.get_running_loop())
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Releases connections and threads."""
 
     def describe(self) -> str:
         return type(self).__name__
+
+
+class _LoopRunner:
+    """Runs models through a backend's `infer` on its event loop, from other threads."""
+
+    def __init__(self, backend: InferenceBackend, loop: asyncio.AbstractEventLoop):
+        self.backend = backend
+        self.loop = loop
+
+    def __call__(self, model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return asyncio.run_coroutine_threadsafe(self.backend.infer(model, inputs), self.loop).result()
+
+    def run_many(self, model: str, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+        """Runs `model` on every feed, all requests in flight together; outputs in feed order."""
+
+        async def gather() -> list[dict[str, np.ndarray]]:
+            return list(await asyncio.gather(*(self.backend.infer(model, feed) for feed in feeds)))
+
+        return asyncio.run_coroutine_threadsafe(gather(), self.loop).result()
 
 
 class InProcessBackend(InferenceBackend):
@@ -69,6 +88,11 @@ class InProcessBackend(InferenceBackend):
 
     def __init__(self, deployment: Deployment, threads: int = 0,
                  providers: Callable[[str], list[str | tuple[str, dict]]] | None = None):
+        needed = deployment.cpu_flags_needed
+        if needed and not needed & cpu_flags():
+            logger.warning("this deployment's %s profile is built for CPUs with one of %s, which this CPU lacks: "
+                           "its INT8 products can overflow here; export it again with --profile cpu-int8 or fp32",
+                           deployment.profile, ", ".join(sorted(needed)))
         self.specs = served_models(deployment.settings.dims)
         self.providers = providers or (lambda _: _providers())
         self.sessions = {

@@ -7,7 +7,7 @@ batch axis (Triton's convention with `max_batch_size > 0`); -1 is a dynamic axis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +18,18 @@ from client.images import IMAGE_SIZE
 from client.priors import PRIOR_FEATURE_NAMES
 
 ModelRunner = Callable[[str, dict[str, np.ndarray]], dict[str, np.ndarray]]
-"""Runs one served model: ``run(model name, inputs by name) -> outputs by name``."""
+"""Runs one served model: ``run(model name, inputs by name) -> outputs by name``. A runner may
+also have ``run_many(model name, [inputs, ...]) -> [outputs, ...]`` that runs them all at once
+(a server's: the requests in flight together); see :func:`run_each`."""
+
+def run_each(run: ModelRunner, model: str, feeds: Sequence[dict[str, np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    """Runs `model` on each of `feeds`, in order: all at once where the runner has ``run_many``,
+    else one after another."""
+    run_many = getattr(run, "run_many", None)
+    if run_many is None or len(feeds) < 2:
+        return [run(model, feed) for feed in feeds]
+    return list(run_many(model, feeds))
+
 
 MAX_BATCH_SIZE = 64
 RETRIEVAL_DIM = 256

@@ -35,8 +35,8 @@ from __future__ import annotations
 import functools
 import math
 import tempfile
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -46,7 +46,7 @@ from rapidocr.ch_ppocr_rec.utils import CTCLabelDecode
 from rapidocr.utils.process_img import get_rotate_crop_image
 
 from client.errors import MissingDependencyError
-from client.models import OCR_DETECTOR, OCR_RECOGNIZER, ModelRunner
+from client.models import MAX_BATCH_SIZE, OCR_DETECTOR, OCR_RECOGNIZER, ModelRunner, run_each
 
 DETECTOR_FILE = "PP-OCRv6_det_small.onnx"
 RECOGNIZER_FILE = "PP-OCRv6_rec_small.onnx"
@@ -121,6 +121,26 @@ class PpOcrReader:
         """The recognised lines of a BGR uint8 image: (text, confidence, box [4, 2]) each,
         every box the detector found (up to ``max_boxes``, the largest), blank lines included.
         Boxes are in the pixels of the image as read: enlarged to ``detector_side`` when smaller."""
+        return self.read_many([bgr])[0]
+
+    def read_many(self, images: Sequence[np.ndarray]) -> list[list[tuple[str, float, np.ndarray]]]:
+        """:meth:`read_lines` of each BGR image: one detector input per image, then the text
+        lines of all of them read together, in batches of one padded width (at most
+        :data:`client.models.MAX_BATCH_SIZE` lines). A runner that can (a server's) gets each
+        network's requests of the group at once (:func:`client.models.run_each`). A line's
+        recogniser input depends on that line alone, so each image reads as it would alone."""
+        pages = [self._page(bgr) for bgr in images]
+        detected = [page for page in pages if page.detector_input is not None]
+        outputs = run_each(self.run, OCR_DETECTOR, [{"ocr_image": page.detector_input} for page in detected])
+        for page, output in zip(detected, outputs, strict=True):
+            page.boxes = self._text_boxes(page, output["text_probability"])
+        crops = [get_rotate_crop_image(page.bgr, box.copy()) for page in pages for box in page.boxes]
+        recognised = iter(self._recognise(crops))
+        return [[(*next(recognised), box) for box in page.boxes] for page in pages]
+
+    def _page(self, bgr: np.ndarray) -> _Page:
+        """An image as the detector reads it: enlarged to ``detector_side`` when smaller, and the
+        part of it that is not background, scaled and normalised (None: nothing to detect)."""
         side = self.settings.detector_side
         longest = max(bgr.shape[:2])
         if 0 < longest < side:  # small print in a small image needs the pixels
@@ -132,45 +152,66 @@ class PpOcrReader:
         if self.settings.trim_background and longest > 0:
             content = _content_box(bgr, stride=_DETECTOR_STRIDE * longest / side)
             if content is None:
-                return []
+                return _Page(bgr)
             rows, columns = content
         region = bgr[rows, columns]
         # scaled as the whole image would be: its longest side to `side`
         resize = DetPreProcess(round(side * max(region.shape[:2]) / longest) if longest else side, "max",
                                [_NORMALISE] * 3, [_NORMALISE] * 3)
-        detector_input = resize(region)
-        if detector_input is None:  # an image too small to be rounded to 32 px
-            return []
-        probability = self.run(OCR_DETECTOR, {"ocr_image": detector_input})["text_probability"]
-        boxes, _ = self._boxes(probability, region.shape[:2])
+        # None: an image too small to be rounded to 32 px
+        return _Page(bgr, resize(region), region.shape[:2], (columns.start or 0, rows.start or 0))
+
+    def _text_boxes(self, page: _Page, probability: np.ndarray) -> np.ndarray:
+        """The page's text boxes [n, 4, 2] from the detector's probability map, in the page's
+        pixels: up to ``max_boxes``, the largest, in the detector's order."""
+        boxes, _ = self._boxes(probability, page.region_shape)
         if len(boxes) == 0:
-            return []
-        boxes = np.asarray(boxes, dtype=np.float32) + np.float32([columns.start or 0, rows.start or 0])
+            return _NO_BOXES
+        boxes = np.asarray(boxes, dtype=np.float32) + np.float32(page.region_origin)
         if len(boxes) > self.settings.max_boxes:
             largest = np.argsort(-_areas(boxes), kind="stable")[: self.settings.max_boxes]
             boxes = boxes[np.sort(largest)]
-        crops = [get_rotate_crop_image(bgr, box.copy()) for box in boxes]
-        return [(text, score, box) for (text, score), box in zip(self._recognise(crops), boxes, strict=True)]
+        return boxes
 
     def _recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
         """(text, confidence) of each crop: resized to 48 px high, its width rounded up to a
         multiple of ``line_width_step`` (padded on the right); crops of the same width go to the
-        recogniser in one batch, so little of what it reads is padding."""
+        recogniser together, in batches of at most MAX_BATCH_SIZE, so little of what it reads is
+        padding."""
         step = self.settings.line_width_step
         widths = [max(1, math.ceil(_LINE_HEIGHT * crop.shape[1] / crop.shape[0])) for crop in crops]
         padded = [max(self.settings.min_line_width, math.ceil(width / step) * step) for width in widths]
-        lines: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        groups = []
         for batch_width in sorted(set(padded)):
-            members = [i for i, width in enumerate(padded) if width == batch_width]
-            batch = np.zeros((len(members), 3, _LINE_HEIGHT, batch_width), dtype=np.float32)
+            same_width = [i for i, width in enumerate(padded) if width == batch_width]
+            groups += [same_width[start : start + MAX_BATCH_SIZE] for start in range(0, len(same_width), MAX_BATCH_SIZE)]
+        feeds = []
+        for members in groups:
+            batch = np.zeros((len(members), 3, _LINE_HEIGHT, padded[members[0]]), dtype=np.float32)
             for slot, i in enumerate(members):
                 resized = cv2.resize(crops[i], (widths[i], _LINE_HEIGHT)).transpose(2, 0, 1).astype(np.float32)
                 batch[slot, :, :, : widths[i]] = (resized / 255 - _NORMALISE) / _NORMALISE
-            outputs = self.run(OCR_RECOGNIZER, {"text_lines": batch})
+            feeds.append({"text_lines": batch})
+        lines: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        for members, outputs in zip(groups, run_each(self.run, OCR_RECOGNIZER, feeds), strict=True):
             decoded, _ = self._decode.decode(outputs["char_index"], outputs["char_probability"], remove_duplicate=True)
             for slot, i in enumerate(members):
                 lines[i] = decoded[slot]
         return lines
+
+
+_NO_BOXES = np.zeros((0, 4, 2), dtype=np.float32)
+
+
+@dataclass
+class _Page:
+    """An image on its way through the detector (:meth:`PpOcrReader._page`)."""
+
+    bgr: np.ndarray  # as read: enlarged to the detector's side when smaller
+    detector_input: np.ndarray | None = None  # [1, 3, h, w] float32; None: nothing to detect
+    region_shape: tuple[int, int] = (0, 0)  # (height, width) of the part of `bgr` the detector reads
+    region_origin: tuple[int, int] = (0, 0)  # (x, y) of that part in `bgr`
+    boxes: np.ndarray = field(default_factory=lambda: _NO_BOXES)
 
 
 def _content_box(bgr: np.ndarray, stride: float) -> tuple[slice, slice] | None:

@@ -40,6 +40,7 @@ from client.inference import InferenceBackend, InProcessBackend, TritonBackend
 from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
 from client.ocr import OcrCache, OcrEngine, RapidOcrEngine
+from client.retrieval import set_search_threads
 from client.rows import prepare_rows
 from client.table import CatalogTable, catalog_files, read_catalog
 from client.text import MAX_TEXT_CHARS, length_batches
@@ -109,8 +110,10 @@ class Wave:
 
 @dataclass
 class RunStats:
-    """What a run's rows cost and met: preparation and request seconds, image statuses, requests per server."""
+    """What a run's rows cost and met: loading, preparation and request seconds, image statuses,
+    requests per server."""
 
+    load_s: float = 0.0  # reading the input and the deployment, loading the models: a fixed cost per run
     prepare_s: float = 0.0
     request_s: float = 0.0
     image_status: Counter = field(default_factory=Counter)
@@ -118,6 +121,7 @@ class RunStats:
 
     def add(self, other: RunStats) -> None:
         """Adds another part of the run (a block predicted elsewhere) to these figures."""
+        self.load_s += other.load_s
         self.prepare_s += other.prepare_s
         self.request_s += other.request_s
         self.image_status.update(other.image_status)
@@ -129,7 +133,7 @@ class RunStats:
     @classmethod
     def from_json(cls, text: str) -> RunStats:
         values = json.loads(text)
-        return cls(prepare_s=values["prepare_s"], request_s=values["request_s"],
+        return cls(load_s=values.get("load_s", 0.0), prepare_s=values["prepare_s"], request_s=values["request_s"],
                    image_status=Counter(values["image_status"]),
                    requests_per_server=Counter(values["requests_per_server"]))
 
@@ -209,7 +213,11 @@ class Predictor:
         self.ocr_engine = self._ocr_engine()
         self.tokenizer = deployment.tokenizer()
         self.index = deployment.neighbour_index()
-        self.index.use_gpu()
+        if not self.index.use_gpu():
+            # a returned batch's search (at most 64 queries) takes 6 ms on one thread and 14 on
+            # FAISS's two OpenMP threads here, whose idle spinning also slows the inference
+            # running beside it (measured on 2 cores, 5,540 vectors)
+            set_search_threads(1)
         self.priors = deployment.price_priors()
         self.weights = np.asarray(deployment.blend_weights)
         self.stop = threading.Event()
@@ -472,7 +480,8 @@ def summarize(config: PredictConfig, records: list[dict], predicted_now: int, st
         "rows_with_ocr_text": sum(1 for r in records if r["ocr_chars"]),
         "rows_with_warnings": sum(1 for r in records if r["warnings"]),
         # requests overlap, so their summed latency is no wall time: it shows where the time goes
-        "seconds": {"total": elapsed, "prepare": stats.prepare_s, "request_latency_sum": stats.request_s},
+        "seconds": {"total": elapsed, "loading": stats.load_s, "prepare": stats.prepare_s,
+                    "request_latency_sum": stats.request_s},
         "rows_per_second": predicted_now / elapsed if elapsed else 0.0,
         **extra,
     }
@@ -496,8 +505,9 @@ async def predict_async(config: PredictConfig) -> dict:
     """
     started = time.perf_counter()
     table, deployment = check_inputs(config)
-    predictor = await open_predictor(config, deployment)
     stats = RunStats()
+    predictor = await open_predictor(config, deployment)
+    stats.load_s = time.perf_counter() - started
     try:
         journal = Journal(config.journal, fingerprint(config.input_csv, deployment), config.restart)
         todo = np.asarray([i for i, sid in enumerate(table.sample_ids) if sid not in journal.records], dtype=np.int64)

@@ -15,10 +15,11 @@ import logging
 import sys
 from pathlib import Path
 
+from client.cpu import cpu_flags
 from client.errors import BundleError, InputError, MissingDependencyError
 from export.parity import ParityError
 from export.pipeline import PARITY_ROWS, export_run
-from export.profiles import FP32, PROFILES
+from export.profiles import AUTO, PROFILES, choose_profile
 from training.cli import HelpFormatter
 
 
@@ -31,9 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "MODEL_CARD.md")
     parser.add_argument("--tensorrt-fp16", action="store_true",
                         help="enable TensorRT FP16 in the GPU configs (check its parity on the GPU it runs on)")
-    parser.add_argument("--profile", choices=sorted(PROFILES), default=FP32.name,
-                        help="serving profile: fp32 (every graph in float32), or cpu-int8 (the text encoder "
-                             "quantised to INT8 for CPU serving, with parity bounds of its own)")
+    parser.add_argument("--profile", choices=[AUTO, *PROFILES], default=AUTO,
+                        help="serving profile: fp32 (every graph in float32: for a GPU, and the exact "
+                             "reference), cpu-int8 (the text encoder quantised to INT8 for CPU serving, 7-bit "
+                             "weights, any x86-64 CPU), cpu-int8-vnni (8-bit weights, CPUs with VNNI); auto: "
+                             "fp32 where ONNX Runtime has CUDA, else the INT8 profile this CPU supports")
     parser.add_argument("--parity-rows", type=int, default=PARITY_ROWS,
                         help="real rows for the encoders' and lexical model's parity checks (fusion and "
                              "LightGBM: every row)")
@@ -45,9 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.profile == AUTO:
+        import onnxruntime
+
+        profile, reason = choose_profile("CUDAExecutionProvider" in onnxruntime.get_available_providers(), cpu_flags())
+        reason = f"auto: {reason}"
+    else:
+        profile, reason = PROFILES[args.profile], "asked for"
     try:
         result = export_run(args.run, args.output, tensorrt_fp16=args.tensorrt_fp16, parity_rows=args.parity_rows,
-                            profile=PROFILES[args.profile])
+                            profile=profile, profile_reason=reason)
     except ParityError as exc:
         print(f"export-bundle: {exc}", file=sys.stderr)
         return 1
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for parity in result.parity:
         print(parity.describe())
+    print(f"serving profile {profile.name} ({reason})")
     print(f"wrote {result.root}")
     return 0
 

@@ -55,7 +55,7 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
   model's estimates, the catalogue features and price priors (brand and unit-price means
   of the labelled rows), trained on their out-of-fold values
 - Blend weights in use: {weights}
-- Serving profile: `{details['profile']}`: {profile.summary}
+- Serving profile: `{details['profile']}` ({details['profile_reason']}): {profile.summary}
 
 ## SMAPE (0-200, lower is better)
 Out of fold: each row estimated by models that never saw it (fitted on the other folds).

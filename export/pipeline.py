@@ -38,6 +38,7 @@ from client.bundle import (
     write_manifest,
 )
 from client.catalog import NUMERIC_FEATURE_NAMES
+from client.cpu import VNNI_FLAGS, cpu_flags, cpu_model
 from client.errors import InputError
 from client.images import ImageFetcher, load_images
 from client.models import (
@@ -193,7 +194,8 @@ def check_parity(loaded: LoadedRun, paths: dict[str, Path], parity_rows: int = P
 
 
 def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], parity: list[ParityResult],
-                     tensorrt_fp16: bool = False, profile: ServingProfile = FP32) -> None:
+                     tensorrt_fp16: bool = False, profile: ServingProfile = FP32,
+                     profile_reason: str = "asked for") -> None:
     """Writes the Triton configs beside the graphs, the client bundle, MODEL_CARD.md and, last,
     the manifest with every file's SHA-256 and the serving profile."""
     config, run, dims = loaded.config, loaded.run, loaded.dims
@@ -238,6 +240,9 @@ def write_deployment(loaded: LoadedRun, output: Path, paths: dict[str, Path], pa
         "validation_smape": report["validation_smape"],
         "tensorrt_fp16": tensorrt_fp16,
         "profile": profile.name,
+        "profile_reason": profile_reason,
+        "profile_cpu_flags": sorted(profile.cpu_flags),  # the serving CPU needs one of these
+        "export_cpu": {"model": cpu_model(), "vnni": sorted(VNNI_FLAGS & cpu_flags())},
         "precision": {name: profile.precision(name) for name in paths},
     }
     write_model_card(output, config, report, details, settings)
@@ -278,7 +283,7 @@ def check_ocr_reader(loaded: LoadedRun) -> None:
 
 
 def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, parity_rows: int = PARITY_ROWS,
-               check: bool = True, profile: ServingProfile = FP32) -> ExportResult:
+               check: bool = True, profile: ServingProfile = FP32, profile_reason: str = "asked for") -> ExportResult:
     """Exports a training run into `output` (model_repository/ + bundle/ + MODEL_CARD.md).
 
     Args:
@@ -288,6 +293,7 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         parity_rows: real rows used for the encoders' parity checks (all rows for fusion/LightGBM).
         check: raise ParityError when a bound is missed.
         profile: the serving profile (export.profiles): which graphs are quantised to INT8.
+        profile_reason: why this profile, for the manifest (export.profiles.choose_profile's reason).
 
     Raises:
         InputError: `run_dir` is no complete training run, its OCR text was read by another
@@ -307,5 +313,5 @@ def export_run(run_dir: Path, output: Path, *, tensorrt_fp16: bool = False, pari
         logger.info("parity %s", result.describe())
     if check:
         raise_on_failure(parity)
-    write_deployment(loaded, output, paths, parity, tensorrt_fp16, profile)
+    write_deployment(loaded, output, paths, parity, tensorrt_fp16, profile, profile_reason)
     return ExportResult(output, parity)

@@ -176,3 +176,23 @@ def test_a_run_trained_before_text_encoders_recorded_their_pooling_is_refused(sa
     (tmp_path / "run.json").write_text(json.dumps(run_info))
     with pytest.raises(ValueError, match="train it again"):
         load_run(tmp_path)
+
+
+def test_a_run_whose_ocr_text_another_reader_read_is_refused(sample_run, tmp_path):
+    """Its models learnt from OCR text that the graphs this export serves would not give them."""
+    from client.errors import InputError
+    from export.pipeline import export_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    for entry in sample_run.iterdir():
+        if entry.name != "report.json":
+            (run / entry.name).symlink_to(entry)
+    report = json.loads((sample_run / "report.json").read_text())
+    served = report["ocr"]["reader"]
+    report["ocr"]["reader"] = served.replace("det-int8/", "")  # as main read it before the detector was INT8
+    (run / "report.json").write_text(json.dumps(report))
+    with pytest.raises(InputError, match="train again with this code") as refused:
+        export_run(run, tmp_path / "deployment")
+    assert served in str(refused.value) and report["ocr"]["reader"] in str(refused.value)
+    assert not (tmp_path / "deployment").exists()

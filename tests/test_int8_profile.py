@@ -1,10 +1,13 @@
-"""The cpu-int8 serving profile: the sample run exported with its text encoder quantised, held to
-its own parity bounds, named as such, and served by `client predict` in-process and by Triton."""
+"""The INT8 serving profiles: the sample run exported as `export-bundle` does by default on this
+CPU (the INT8 profile it supports), its text encoder quantised, held to its own parity bounds,
+named as such, and served by `client predict` in-process and by Triton."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +15,57 @@ import onnx
 import pytest
 
 from client.bundle import Deployment
+from client.cpu import VNNI_FLAGS, cpu_flags, has_vnni
+from client.inference import InProcessBackend
 from client.models import TEXT_ENCODER
 from client.predict import PredictConfig, predict
 from client.serve import LocalTritonServer
+from export.cli import main as export_main
 from export.parity import MaxAbsDiff, MinCosine, ParityError, raise_on_failure
 from export.pipeline import check_parity, load_run
-from export.profiles import CPU_INT8, INT8_EMBEDDING, INT8_LOG_PRICE, ServingProfile
+from export.profiles import (
+    CPU_INT8,
+    CPU_INT8_VNNI,
+    FP32,
+    INT8_EMBEDDING,
+    INT8_LOG_PRICE,
+    ServingProfile,
+    choose_profile,
+)
 from export.triton_config import parse_config
 from tests.conftest import SAMPLE, input_ids
+
+# what `export-bundle` gives by default here (no CUDA in the test environment)
+EXPECTED = CPU_INT8_VNNI if has_vnni() else CPU_INT8
 
 
 @pytest.fixture(scope="module")
 def int8_deployment(sample_run, tmp_path_factory) -> Path:
-    from export.pipeline import export_run
+    import onnxruntime
 
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("ONNX Runtime has CUDA here: export-bundle's default is fp32")
     output = tmp_path_factory.mktemp("deploy-int8") / "deployment"
-    export_run(sample_run, output, profile=CPU_INT8)
+    assert export_main([str(sample_run), "-o", str(output)]) == 0
     return output
+
+
+def test_auto_chooses_fp32_with_cuda_else_the_int8_profile_the_cpu_supports() -> None:
+    assert choose_profile(True, frozenset({"avx2", "avx512_vnni"}))[0] is FP32
+    for flag in sorted(VNNI_FLAGS):
+        profile, reason = choose_profile(False, frozenset({"avx2", flag}))
+        assert profile is CPU_INT8_VNNI and flag in reason
+    assert choose_profile(False, frozenset({"avx2", "fma"}))[0] is CPU_INT8
+    assert CPU_INT8.reduce_range and not CPU_INT8_VNNI.reduce_range and CPU_INT8_VNNI.cpu_flags == VNNI_FLAGS
+
+
+def test_cpu_flags_are_read_from_cpuinfo(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu avx2 avx512_vnni\n\n"
+                       "processor\t: 1\nflags\t\t: fpu avx2 avx512_vnni\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "avx2", "avx512_vnni"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+    assert has_vnni(cpu_flags(cpuinfo)) and not has_vnni(frozenset({"avx2"}))
 
 
 def text_encoder_file(deployment: Path) -> Path:
@@ -73,11 +110,14 @@ def test_quantised_graph_passes_its_own_declared_bounds(int8_deployment):
 def test_manifest_model_card_and_config_name_the_profile(deployment, int8_deployment):
     assert Deployment.load(deployment).profile == "fp32"
     loaded = Deployment.load(int8_deployment)
-    assert loaded.profile == "cpu-int8"
+    assert loaded.profile == EXPECTED.name
+    assert loaded.manifest["profile_reason"].startswith("auto: no CUDA")
+    assert loaded.cpu_flags_needed == EXPECTED.cpu_flags
+    assert loaded.manifest["export_cpu"]["vnni"] == sorted(VNNI_FLAGS & cpu_flags())
     assert loaded.manifest["precision"][TEXT_ENCODER] == "int8"
     assert loaded.manifest["precision"]["image_encoder"] == "fp32"
     card = (int8_deployment / "MODEL_CARD.md").read_text()
-    assert "Serving profile: `cpu-int8`" in card
+    assert f"Serving profile: `{EXPECTED.name}`" in card
     assert "Serving profile: `fp32`" in (deployment / "MODEL_CARD.md").read_text()
     config = parse_config(int8_deployment / "model_repository" / TEXT_ENCODER / "config.pbtxt")
     assert config.parameters["precision"].string_value == "int8"
@@ -120,3 +160,20 @@ def test_a_quantised_graph_missing_its_bound_fails_naming_model_output_and_worst
     results = check_parity(loaded, paths, profile=strict)
     with pytest.raises(ParityError, match=r"text_encoder\.text_embedding: min_cosine=.*worst row \d+.*FAILED"):
         raise_on_failure(results)
+
+
+def test_a_cpu_without_the_profile_s_flags_is_warned(int8_deployment, tmp_path, caplog):
+    """A deployment built for CPUs with some instruction says so when it is loaded on a CPU without it."""
+    copy = tmp_path / "deployment"
+    shutil.copytree(int8_deployment, copy)
+    manifest_path = copy / "bundle" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["profile_cpu_flags"] = ["no_cpu_has_this_flag"]
+    manifest_path.write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="client.inference"):
+        InProcessBackend(Deployment.load(copy))
+    assert "no_cpu_has_this_flag" in caplog.text and "--profile cpu-int8" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="client.inference"):
+        InProcessBackend(Deployment.load(int8_deployment))  # built here: this CPU has what it needs
+    assert "profile is built for CPUs" not in caplog.text

@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import json
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from client import ocr as ocr_module
 from client.errors import MissingDependencyError
 from client.images import ImageFetcher, load_images
-from client.models import OCR_DETECTOR, OCR_RECOGNIZER
+from client.models import MAX_BATCH_SIZE, OCR_DETECTOR, OCR_RECOGNIZER
 from client.ocr import (
     OCR_ENGINES,
     NoOcr,
@@ -282,6 +283,32 @@ def test_quantisation_is_reproducible_from_a_calibration(tmp_path: Path, fp32_gr
     assert first.SerializeToString() == second.SerializeToString()
     with pytest.raises(FileNotFoundError, match="calibrate_ocr.py"):
         quantize(fp32_graphs[model], tmp_path / "missing.json")
+
+
+def test_images_read_together_read_as_alone(graphs) -> None:
+    """read_many shares recogniser batches across images (fewer calls, capped at MAX_BATCH_SIZE
+    lines) and gives each image exactly the lines, scores and boxes it gives alone."""
+    calls: Counter = Counter()
+    sessions = LocalOcrModels({name: graph.SerializeToString() for name, graph in graphs.items()})
+
+    def counted(model: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls[model] += 1
+        assert len(next(iter(inputs.values()))) <= MAX_BATCH_SIZE
+        return sessions(model, inputs)
+
+    photos = sorted(IMAGES.glob("*.jpg"))[2::7][:8]
+    views = [np.ascontiguousarray(image.ocr_pixels[:, :, ::-1]) for image in
+             load_images(ImageFetcher(IMAGES), [str(p) for p in photos], ocr_max_side=640) if image.ocr_pixels is not None]
+    reader = PpOcrReader(counted, graph_characters(graphs[OCR_RECOGNIZER]))
+    alone = [reader.read_lines(view) for view in views]
+    calls_alone = calls.copy()
+    calls.clear()
+    together = reader.read_many(views)
+    assert sum(map(len, alone)) > 20
+    for lines, expected in zip(together, alone, strict=True):
+        assert [(text, score) for text, score, _ in lines] == [(text, score) for text, score, _ in expected]
+        assert all(np.array_equal(box, other) for (*_, box), (*_, other) in zip(lines, expected, strict=True))
+    assert calls[OCR_DETECTOR] == len(views) and calls[OCR_RECOGNIZER] < calls_alone[OCR_RECOGNIZER]
 
 
 def test_reads_at_most_max_boxes_the_largest(graphs, served) -> None:
