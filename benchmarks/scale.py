@@ -6,7 +6,8 @@ The rows are ../shared/data/amazon2025/test.csv repeated with new sample ids unt
 --rows of them, every row given a photo: the photos of ../shared/data/amazon2025/images in
 turn, read from that folder (`--images`). One `client predict` process runs them all, with an
 empty cache; every --every seconds this script reads the rows it has finished (its journal) and
-its resident memory (/proc), and at the end prints rows/s and peak RSS per tenth of the rows.
+its resident memory (/proc) and prints them, and at the end prints rows/s and peak RSS per
+tenth of the rows.
 Memory flat in rows is the point: a run of millions of rows differs only in how long it takes.
 The client predicts rows in order of text length, so rows/s moves with the texts' lengths.
 """
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(args.every)
             samples.append((time.perf_counter() - started, finished_rows(output.with_name(output.name + ".journal")),
                             resident_mib(process.pid)))
+            print(f"  {samples[-1][0]:7.0f} s  {samples[-1][1]:>7} rows  RSS {samples[-1][2]:6.0f} MiB", flush=True)
         elapsed = time.perf_counter() - started
         if process.returncode != 0:
             print(f"client predict exited with {process.returncode}", file=sys.stderr)

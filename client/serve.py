@@ -24,6 +24,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from tritonclient.grpc import model_config_pb2
 from tritonclient.utils import InferenceServerException
 
 from client.errors import MissingDependencyError, ServerStartError
+from client.models import OCR_MODELS
 from client.processes import free_port, kill_group
 
 logger = logging.getLogger(__name__)
@@ -117,16 +119,28 @@ def check_numpy_version(version: str) -> None:
         )
 
 
-def cpu_model_repository(source: Path, target: Path) -> tuple[Path, list[str]]:
+INTRA_OP_THREADS_PARAMETER = "intra_op_thread_count"
+"""The model config parameter of ONNX Runtime's threads per instance (the name Triton's
+onnxruntime backend reads; client/triton_backend/onnxruntime/model.py reads it too)."""
+
+
+def cpu_model_repository(source: Path, target: Path, per_core: Collection[str] = OCR_MODELS,
+                         cores: int | None = None) -> tuple[Path, list[str]]:
     """Returns a repository whose configs ask for CPU instances only.
 
     tritonserver refuses to load a model with a `KIND_GPU` instance group on a machine
     without a GPU. Models with such groups get a folder in `target` with the rewritten
     `config.pbtxt` and links to their other files; every other entry is linked unchanged.
+    The models of `per_core` (the OCR networks: one small call per image, or per batch of its
+    text lines) get one CPU instance per core, each on one thread (ONNX Runtime's
+    `intra_op_thread_count`), as `client predict` runs them in-process: one image per core
+    reads faster than one image on every core.
 
     Args:
         source: the model repository to serve.
         target: a folder that does not exist yet, for the rewritten copy.
+        per_core: models served with one single-threaded instance per core.
+        cores: the cores to count; None: this machine's.
 
     Returns:
         The repository to serve (`source` itself when nothing needs rewriting) and the names
@@ -147,8 +161,13 @@ def cpu_model_repository(source: Path, target: Path) -> tuple[Path, list[str]]:
         for group in groups:
             group.kind = cpu
             del group.gpus[:]
-        if groups:
-            rewritten[config_path.parent.name] = text_format.MessageToString(config)
+        model = config_path.parent.name
+        if model in per_core:
+            del config.instance_group[:]
+            config.instance_group.add(kind=cpu, count=cores or os.cpu_count() or 1)
+            config.parameters[INTRA_OP_THREADS_PARAMETER].string_value = "1"
+        if groups or model in per_core:
+            rewritten[model] = text_format.MessageToString(config)
     if not rewritten:
         return source, []
 
@@ -163,7 +182,7 @@ def cpu_model_repository(source: Path, target: Path) -> tuple[Path, list[str]]:
                 (target / entry.name / child.name).symlink_to(child)
         (target / entry.name / "config.pbtxt").write_text(rewritten[entry.name])
     logger.info(
-        "Serving %s with KIND_GPU rewritten to KIND_CPU in: %s", source, ", ".join(rewritten)
+        "Serving %s on CPU instances; configs rewritten: %s", source, ", ".join(rewritten)
     )
     return target, sorted(rewritten)
 

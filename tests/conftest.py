@@ -23,6 +23,9 @@ TRUNCATED_SAMPLE_IDS = ("41876", "127274")
 # Real product photos: the 845 of ../shared/data/amazon2025 where they are beside the checkout,
 # else the bundled sample's. The photos that tests name are in both folders, byte for byte.
 PHOTOS = SHARED_DATA / "images" if (SHARED_DATA / "images").is_dir() else SAMPLE / "images"
+# the sample run reads its photos' text although training's default does not: the tests cover
+# the OCR path (training, export, in-process and Triton serving)
+SAMPLE_OCR = "rapidocr"
 
 
 def input_ids(path: Path) -> list[str]:
@@ -33,9 +36,9 @@ def input_ids(path: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> Path:
-    """A small but complete training run on the bundled sample: 3 folds (the text encoder on 2
-    folds of its own, 1 fine-tuning epoch), up to 3 MLP epochs and 100 stacker rounds, 20% of the
-    rows held out as validation rows."""
+    """A small but complete training run on the bundled sample, with OCR: 3 folds (the text encoder
+    on 2 folds of its own, 1 fine-tuning epoch), up to 3 MLP epochs and 100 stacker rounds, 20% of
+    the rows held out as validation rows."""
     from training.config import TrainConfig
     from training.finetune import FineTuneSettings
     from training.fusion import FusionSettings
@@ -44,7 +47,8 @@ def sample_run(tmp_path_factory) -> Path:
 
     output = tmp_path_factory.mktemp("run")
     train(TrainConfig(
-        csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", folds=3, fine_tune_folds=2,
+        csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", ocr_engine=SAMPLE_OCR,
+        folds=3, fine_tune_folds=2,
         val_fraction=0.2, fine_tuning=FineTuneSettings(epochs=1), fusion=FusionSettings(max_epochs=3),
         gbm=GbmSettings(max_rounds=100),
     ))

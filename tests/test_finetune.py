@@ -7,7 +7,7 @@ import torch
 
 from client.images import ImageFetcher
 from client.table import read_catalog_csv
-from tests.conftest import SAMPLE
+from tests.conftest import SAMPLE, SAMPLE_OCR
 from training.config import TrainConfig
 from training.encoders import load_text_encoder, make_tokenizer
 from training.features import extract_features
@@ -43,7 +43,7 @@ def test_saved_encoder_reproduces_the_runs_text_embeddings(sample_run):
     tokenizer = make_tokenizer(str(run.text_encoder), 128)
     rows = [0, 1, 2, 150, 299]
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), run.features,
-                                TrainConfig(csv=SAMPLE / "train.csv", output=sample_run).feature_settings())
+                                TrainConfig(csv=SAMPLE / "train.csv", output=sample_run, ocr_engine=SAMPLE_OCR).feature_settings())
     embeddings, _ = encode_with_head(model, tokenizer, tokenizer.encode([features.texts[i] for i in rows]))
     np.testing.assert_allclose(embeddings, np.load(run.text_embeddings)[rows], atol=1e-5)
     assert identity["embedding_dim"] == 384

@@ -200,6 +200,20 @@ def test_cpu_model_repository_rewrites_only_gpu_configs(repository: Path, tmp_pa
     assert "KIND_GPU" in (repository / "affine" / "config.pbtxt").read_text()
 
 
+def test_cpu_model_repository_gives_per_core_models_one_single_threaded_instance_per_core(
+    repository: Path, tmp_path: Path
+) -> None:
+    served, rewritten = cpu_model_repository(repository, tmp_path / "cpu", per_core={"loose"}, cores=3)
+    assert rewritten == ["affine", "loose"]
+    config = text_format.Parse((served / "loose" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert [(group.kind, group.count) for group in config.instance_group] == \
+        [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 3)]
+    assert config.parameters["intra_op_thread_count"].string_value == "1"
+    with LocalTritonServer(served, cpu_only=False) as server:  # the real server loads and runs it
+        client = grpcclient.InferenceServerClient(server.url)
+        assert [group.count for group in client.get_model_config("loose").config.instance_group] == [3]
+
+
 @pytest.mark.parametrize("crash", [False, True], ids=["stop", "kill-then-stop"])
 def test_stop_leaves_no_process_and_no_shared_memory(repository: Path, crash: bool) -> None:
     server = LocalTritonServer(repository).start()

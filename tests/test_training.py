@@ -11,7 +11,7 @@ from client import rows as rows_module
 from client.blend import COMPONENTS
 from client.images import ImageFetcher
 from client.table import read_catalog_csv
-from tests.conftest import SAMPLE, TRUNCATED_SAMPLE_IDS
+from tests.conftest import SAMPLE, SAMPLE_OCR, TRUNCATED_SAMPLE_IDS
 from training import features as features_module
 from training.config import TrainConfig
 from training.features import extract_features
@@ -45,7 +45,7 @@ def test_truncated_images_make_their_rows_text_only_and_are_counted(sample_run):
     assert report["images"]["truncated"] == 2
     assert report["images"]["with_image"] == 58
     table = read_catalog_csv(SAMPLE / "train.csv", with_prices=True)
-    config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run)
+    config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run, ocr_engine=SAMPLE_OCR)
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), sample_run / "features", config.feature_settings())
     for sample_id in TRUNCATED_SAMPLE_IDS:
         row = table.sample_ids.index(sample_id)
@@ -61,7 +61,7 @@ def test_second_run_over_unchanged_store_does_no_encoder_work(sample_run, monkey
     monkeypatch.setattr(features_module, "load_image_encoder", refuse)
     monkeypatch.setattr(rows_module, "run_ocr", refuse)
     table = read_catalog_csv(SAMPLE / "train.csv", with_prices=True)
-    config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run)
+    config = TrainConfig(csv=SAMPLE / "train.csv", output=sample_run, ocr_engine=SAMPLE_OCR)
     features = extract_features(table, ImageFetcher(SAMPLE / "images"), sample_run / "features", config.feature_settings())
     assert features.chunks_computed == 0 and features.chunks_reused >= 1
     assert features.image_embedding.shape == (300, 1280)

@@ -33,7 +33,9 @@ class TrainConfig:
     images_dir: Path | None = None
     image_encoder: str = OFFLINE_IMAGE_ENCODER
     text_encoder: str = OFFLINE_TEXT_ENCODER
-    ocr_engine: str = "rapidocr"
+    # OCR off by default: with the text read off the photos the blend was no better, out of fold
+    # or held out (README, "What OCR is worth"), and OCR is most of a photo row's cost
+    ocr_engine: str = "none"
     max_tokens: int = 128
     folds: int = 5
     fine_tune_folds: int = 2  # the text encoder's own grouped folds: fine-tuning is the costly stage

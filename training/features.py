@@ -43,7 +43,7 @@ class FeatureSettings:
     """What the features depend on besides the rows themselves."""
 
     image_encoder: str
-    ocr_engine: str = "rapidocr"
+    ocr_engine: str = "none"
     image_size: int = IMAGE_SIZE
     chunk_rows: int = 512
     image_batch_size: int = 16

@@ -37,7 +37,9 @@ class TritonPythonModel:
         path = Path(args["model_repository"]) / args["model_version"] / filename
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = int(os.environ.get("PRICE_ORT_THREADS", "1"))
+        # the config's own thread count (as Triton's onnxruntime backend reads it), else the server's
+        threads = config.get("parameters", {}).get("intra_op_thread_count", {}).get("string_value")
+        options.intra_op_num_threads = int(threads or os.environ.get("PRICE_ORT_THREADS", "1"))
         options.inter_op_num_threads = 1
         providers = ["CPUExecutionProvider"]
         if args.get("model_instance_kind") == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers():
