@@ -436,11 +436,14 @@ def run_ocr(
     def hand_out() -> None:
         pending.append(([sha for sha, _ in batch], pool.submit(batch.copy())))
         batch.clear()
-        collect(wait_for=2 * pool.workers)  # a few queued per worker: Ctrl-C stops at the next batch
+        collect(wait_for=2 * pool.workers)  # one group queued per worker beside the one it reads
 
     with _OcrPool(engine, workers) as pool:
         for sha, pixels in images:
-            if stop.is_set() or sha in texts or sha in handed_out:
+            if stop.is_set():
+                pool.cancel_waiting()  # groups not started are dropped now; the rest of `images` is only drained
+                continue
+            if sha in texts or sha in handed_out:
                 continue
             cached = cache.get(key, sha) if cache is not None else None
             if cached is not None:

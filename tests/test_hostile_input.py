@@ -30,7 +30,7 @@ from client.cli import main as client_main
 from client.errors import BundleError, InputError
 from client.images import OCR_MAX_ASPECT, OCR_MAX_SIDE, ImageFetcher, ImageStatus, load_images
 from client.links import LinkPolicy
-from client.ocr import make_ocr_engine
+from client.ocr import OCR_BATCH_IMAGES, make_ocr_engine
 from client.predict import PredictConfig
 from client.table import read_catalog_csv
 from export.cli import main as export_main
@@ -442,15 +442,20 @@ def predict_command(rows: Path, output: Path, deployment: Path, cache: Path, *op
             "--images", str(SAMPLE / "images"), "--cache-dir", str(cache), "-q", *options]
 
 
-def test_ctrl_c_during_a_wave_of_ocr_stops_at_the_next_image(tmp_path, deployment, labelled_rows):
+def test_ctrl_c_during_a_wave_of_ocr_stops_at_the_next_group_of_images(tmp_path, deployment, labelled_rows):
     """One 512-row wave holds all 300 rows: interrupted while its 58 photos go through OCR, the run
-    must not finish the wave's OCR first (it did, for a minute, before)."""
+    must not finish the wave's OCR first (it did, for a minute, before). OCR reads groups of
+    OCR_BATCH_IMAGES: the groups being read when it is interrupted (one per worker) finish, the
+    groups still queued are dropped."""
     ocr_cache = tmp_path / "cache" / "ocr_cache.jsonl"
-    command = predict_command(labelled_rows, tmp_path / "out.csv", deployment, tmp_path / "cache")
+    workers = 2
+    command = predict_command(labelled_rows, tmp_path / "out.csv", deployment, tmp_path / "cache",
+                              "--ocr-workers", str(workers))
     process, stderr = interrupt_when(command, lambda: line_count(ocr_cache) >= 2)
     assert process.returncode == 130, stderr[-3000:]
     assert "0 finished row(s)" in stderr and "Traceback" not in stderr
-    assert line_count(ocr_cache) < 20  # of 58: it stopped at the next image, not the end of the wave
+    # of 58: at most the groups done when interrupted and one per worker after
+    assert line_count(ocr_cache) <= (2 + workers) * OCR_BATCH_IMAGES < 58
 
 
 def test_ctrl_c_stops_soon_keeps_finished_batches_and_a_rerun_resumes(tmp_path, deployment, labelled_rows):
