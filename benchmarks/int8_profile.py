@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from client.blend import smape_terms
 from client.bundle import Deployment
 from client.cpu import cpu_model, has_vnni
 from client.predict import PredictConfig, predict
@@ -68,11 +69,6 @@ def run_predict(csv_path: Path, deployment: Path, cache: Path) -> tuple[float, n
     return summary["rows"] / summary["seconds"]["total"], prices
 
 
-def row_smape(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Per-row SMAPE terms (0-200); their mean is the SMAPE."""
-    return 200 * np.abs(predicted - truth) / (np.abs(truth) + np.abs(predicted))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("deployments", type=Path, nargs="+", help="the fp32 reference first, then the others")
@@ -105,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"rows/s: text-only, client predict in-process, median of {args.repeats} runs (taking turns); "
           "SMAPE: the same rows with their photos")
     reference = names[0]
-    smape = {name: row_smape(truth, p) for name, p in prices.items()}
+    smape = {name: smape_terms(truth, p) for name, p in prices.items()}
     for name in names:
         speedup = statistics.median(rates[name]) / statistics.median(rates[reference])
         line = (f"  {name:<14}{statistics.median(rates[name]):7.1f} rows/s ({speedup:.2f}x)  "

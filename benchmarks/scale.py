@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from client.predict import JOURNAL_SUFFIX, journaled_rows
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "amazon2025"
 
@@ -51,15 +53,6 @@ def resident_mib(pid: int) -> float:
     return 0.0
 
 
-def finished_rows(journal: Path) -> int:
-    """Rows in a `client predict` journal (its lines, less the header)."""
-    try:
-        with journal.open("rb") as handle:
-            return max(0, sum(1 for line in handle if line.endswith(b"\n")) - 1)
-    except OSError:
-        return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("deployment", type=Path)
@@ -80,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         samples: list[tuple[float, int, float]] = []  # (seconds, rows finished, RSS MiB)
         while process.poll() is None:
             time.sleep(args.every)
-            samples.append((time.perf_counter() - started, finished_rows(output.with_name(output.name + ".journal")),
+            samples.append((time.perf_counter() - started, journaled_rows(output.with_name(output.name + JOURNAL_SUFFIX)),
                             resident_mib(process.pid)))
             print(f"  {samples[-1][0]:7.0f} s  {samples[-1][1]:>7} rows  RSS {samples[-1][2]:6.0f} MiB", flush=True)
         elapsed = time.perf_counter() - started

@@ -17,12 +17,17 @@ SEED_WEIGHTS = (0.5, 0.3, 0.2, 0.0, 0.0)
 MIN_PRICE = 0.01
 
 
-def smape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Symmetric mean absolute percentage error on a 0-200 scale."""
+def smape_terms(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """Each row's term of the SMAPE (0-200): their mean is the SMAPE, their differences pair two estimates."""
     y_true = np.asarray(y_true, dtype=np.float64)
     y_pred = np.asarray(y_pred, dtype=np.float64)
     denominator = (np.abs(y_true) + np.abs(y_pred)) / 2
-    return float(100.0 * np.mean(np.abs(y_pred - y_true) / np.maximum(denominator, 1e-12)))
+    return 100.0 * np.abs(y_pred - y_true) / np.maximum(denominator, 1e-12)
+
+
+def smape(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Symmetric mean absolute percentage error on a 0-200 scale."""
+    return float(np.mean(smape_terms(y_true, y_pred)))
 
 
 def to_price(log_price: np.ndarray) -> np.ndarray:

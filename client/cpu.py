@@ -17,29 +17,30 @@ VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 @functools.cache
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first CPU's flags from /proc/cpuinfo; empty where there is no such file (not Linux)."""
+def _first_cpu(cpuinfo: Path) -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where there is no such file (not Linux)."""
     try:
         text = cpuinfo.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return frozenset()
+        return {}
+    fields: dict[str, str] = {}
     for line in text.splitlines():
+        if not line.strip() and fields:  # the blank line after the first processor
+            break
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return frozenset(value.split())
-    return frozenset()
+        fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first CPU's flags (x86 "flags", Arm "Features"); empty where they are not known."""
+    fields = _first_cpu(cpuinfo)
+    return frozenset((fields.get("flags") or fields.get("Features") or "").split())
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     """The CPU's model name (as lscpu prints it), or the platform's processor string."""
-    try:
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                return value.strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return _first_cpu(cpuinfo).get("model name") or platform.processor() or platform.machine()
 
 
 def has_vnni(flags: frozenset[str] | None = None) -> bool:

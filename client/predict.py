@@ -40,7 +40,6 @@ from client.inference import InferenceBackend, InProcessBackend, TritonBackend
 from client.links import LinkPolicy
 from client.models import ENSEMBLE, TEXT_ONLY_ENSEMBLE
 from client.ocr import OcrCache, OcrEngine, RapidOcrEngine
-from client.retrieval import set_search_threads
 from client.rows import prepare_rows
 from client.table import CatalogTable, catalog_files, read_catalog
 from client.text import MAX_TEXT_CHARS, length_batches
@@ -213,11 +212,7 @@ class Predictor:
         self.ocr_engine = self._ocr_engine()
         self.tokenizer = deployment.tokenizer()
         self.index = deployment.neighbour_index()
-        if not self.index.use_gpu():
-            # a returned batch's search (at most 64 queries) takes 6 ms on one thread and 14 on
-            # FAISS's two OpenMP threads here, whose idle spinning also slows the inference
-            # running beside it (measured on 2 cores, 5,540 vectors)
-            set_search_threads(1)
+        self.index.use_gpu()
         self.priors = deployment.price_priors()
         self.weights = np.asarray(deployment.blend_weights)
         self.stop = threading.Event()
@@ -557,12 +552,13 @@ def predict(config: PredictConfig) -> dict:
         except asyncio.CancelledError:
             if not interrupts:
                 raise
-            raise PredictionInterrupted(_journaled_rows(config.journal), config.journal) from None
+            raise PredictionInterrupted(journaled_rows(config.journal), config.journal) from None
         finally:
             signal.signal(signal.SIGINT, previous)
 
 
-def _journaled_rows(journal: Path) -> int:
+def journaled_rows(journal: Path) -> int:
+    """Finished rows in a journal (its complete lines, less the header); 0 when there is none."""
     try:
         with journal.open("rb") as handle:
             return max(0, sum(1 for line in handle if line.endswith(b"\n")) - 1)  # minus the header

@@ -108,11 +108,6 @@ class NeighbourIndex:
         return cls(None, log_prices, groups, index=index)
 
 
-def set_search_threads(threads: int) -> None:
-    """The OpenMP threads FAISS searches with in this process (it is process-wide)."""
-    faiss.omp_set_num_threads(threads)
-
-
 def _on_gpu(index: faiss.Index) -> bool:
     return hasattr(faiss, "GpuIndex") and isinstance(index, faiss.GpuIndex)
 
