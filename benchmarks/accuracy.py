@@ -88,7 +88,7 @@ def print_run(seed: int, run: Path, scores: dict) -> None:
     baseline = scores["tfidf_ridge (same folds)"]
     honest = report["blend_cross_fitted_smape"]
     print(f"\nseed {seed}: {report['rows']['labelled']} labelled rows, {report['folds']['k']} folds grouped by "
-          f"image_link (text encoder on {report['folds']['fine_tune_k']} folds); run {run}")
+          f"image_link (the text encoder fine-tuned in each); run {run}")
     print(f"{'OOF SMAPE':<38}{'all rows':>9}{'folds min-max':>16}{'margin':>9}{'paired margin min-max':>24}")
     rows = [(name, overall[name], per_fold) for name, per_fold in scores.items()]
     rows.append(("blend, weights fitted on other folds", honest["all"], np.asarray(honest["folds"])))

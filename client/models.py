@@ -46,8 +46,7 @@ ENSEMBLE = "price_ensemble"
 TEXT_ONLY_ENSEMBLE = "price_ensemble_text"
 
 # the estimates the LightGBM stacker reads, besides has_image, the numeric features and the price priors
-# (not the fusion MLP's: it reads the text encoder's embedding, whose space moves between the fold
-# encoders its training rows came from and the refitted one that serves)
+# (not the fusion MLP's: as a stacker input it made the blend no better, training.gbm)
 STACKED_ESTIMATES = ("text_log_price", "lexical_log_price")
 # one log price per model-computed blend component and the retrieval vector (retrieval's query)
 ENSEMBLE_OUTPUTS = (*COMPONENT_OUTPUTS.values(), "retrieval_vector")

@@ -36,8 +36,8 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
 ## Training data
 - CSV: `{config.csv}`; images: `{config.images_dir}`
 - Rows: {rows['total']}; every model was refitted on all {rows['labelled']} labelled rows after
-  cross-fitting on {folds['k']} folds grouped by image_link (seed {config.seed}; the text encoder's
-  fine-tuning on {folds['fine_tune_k']} grouped folds of its own); {rows['validation']} validation rows held out
+  cross-fitting on {folds['k']} folds grouped by image_link (seed {config.seed}; the text encoder
+  fine-tuned in each fold too); {rows['validation']} validation rows held out
   from everything; rows skipped for a bad price: {rows['skipped_bad_price']}
 - Images usable: {report['images']['with_image']}; OCR engine `{config.ocr_engine}`
   (`{report['ocr'].get('reader', config.ocr_engine)}`; PP-OCR's detector and recogniser are served as

@@ -36,9 +36,8 @@ def input_ids(path: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def sample_run(tmp_path_factory) -> Path:
-    """A small but complete training run on the bundled sample, with OCR: 3 folds (the text encoder
-    on 2 folds of its own, 1 fine-tuning epoch), up to 3 MLP epochs and 100 stacker rounds, 20% of
-    the rows held out as validation rows."""
+    """A small but complete training run on the bundled sample, with OCR: 3 folds (1 fine-tuning
+    epoch), up to 3 MLP epochs and 100 stacker rounds, 20% of the rows held out as validation rows."""
     from training.config import TrainConfig
     from training.finetune import FineTuneSettings
     from training.fusion import FusionSettings
@@ -48,7 +47,7 @@ def sample_run(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("run")
     train(TrainConfig(
         csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", ocr_engine=SAMPLE_OCR,
-        folds=3, fine_tune_folds=2,
+        folds=3,
         val_fraction=0.2, fine_tuning=FineTuneSettings(epochs=1), fusion=FusionSettings(max_epochs=3),
         gbm=GbmSettings(max_rounds=100),
     ))

@@ -18,7 +18,7 @@ from training import gbm as gbm_module
 from training import pipeline
 from training.config import TrainConfig
 from training.finetune import FineTuneSettings, load_regressor
-from training.folds import Folds, cross_fit
+from training.folds import Folds, cross_fit, cross_fit_every_row
 from training.fusion import FusionSettings, load_fusion
 from training.gbm import GbmSettings, load_gbm
 from training.lexical import load_lexical
@@ -33,7 +33,7 @@ class Spy:
     """Records every trainer call with its training rows and the cross-fitting fold it ran in."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch):
-        self.fits: list[dict] = []  # {"trainer", "rows", "fold": (train_rows, held_out) or None, "result"}
+        self.fits: list[dict] = []  # {"trainer", "rows", "fold": (train_rows, held_out) or None, "args", "result"}
         self.folds: list[tuple[np.ndarray, np.ndarray]] = []  # every fit_predict call of cross_fit
         self.lgb_cv_folds: list[tuple[np.ndarray, np.ndarray]] = []
         self.blend_fits: list[tuple] = []
@@ -41,6 +41,7 @@ class Spy:
         for name, position in TRAINERS.items():
             monkeypatch.setattr(pipeline, name, self._trainer(name, getattr(pipeline, name), position))
         monkeypatch.setattr(pipeline, "cross_fit", self._cross_fit)
+        monkeypatch.setattr(pipeline, "cross_fit_every_row", self._cross_fit_every_row)
         monkeypatch.setattr(pipeline, "fit_blend_weights", self._blend(pipeline.fit_blend_weights))
         monkeypatch.setattr(gbm_module.lgb, "cv", self._lgb_cv(lgb.cv))
 
@@ -48,19 +49,27 @@ class Spy:
         def wrapper(*args, **kwargs):
             result = real(*args, **kwargs)
             self.fits.append({"trainer": name, "rows": set(np.asarray(args[position]).tolist()),
-                              "fold": self._current, "result": result})
+                              "fold": self._current, "args": args, "result": result})
             return result
         return wrapper
 
-    def _cross_fit(self, folds, fit_predict, n_rows):
-        def watched(train_rows, held_out):
+    def _watch(self, fit_predict, held_out_of):
+        def watched(train_rows, rows):
+            held_out = held_out_of(train_rows, rows)
             self.folds.append((train_rows, held_out))
             self._current = (train_rows, held_out)
             try:
-                return fit_predict(train_rows, held_out)
+                return fit_predict(train_rows, rows)
             finally:
                 self._current = None
-        return cross_fit(folds, watched, n_rows)
+        return watched
+
+    def _cross_fit(self, folds, fit_predict, n_rows):
+        return cross_fit(folds, self._watch(fit_predict, lambda _, held_out: held_out), n_rows)
+
+    def _cross_fit_every_row(self, folds, fit_predict, n_rows):
+        return cross_fit_every_row(folds, self._watch(fit_predict, lambda train_rows, rows: np.setdiff1d(
+            rows, train_rows)), n_rows)
 
     def _blend(self, real):
         def wrapper(*args, **kwargs):
@@ -77,13 +86,13 @@ class Spy:
 
 @pytest.fixture(scope="module")
 def spied_run(tmp_path_factory):
-    """A small run (3 folds, the text encoder on 2 folds of its own, 20% validation rows)."""
+    """A small run (3 folds, 20% validation rows)."""
     monkeypatch = pytest.MonkeyPatch()
     spy = Spy(monkeypatch)
     output = tmp_path_factory.mktemp("spied")
     config = TrainConfig(
         csv=SAMPLE / "train.csv", output=output, images_dir=SAMPLE / "images", ocr_engine="none",
-        limit_rows=ROWS, folds=3, fine_tune_folds=2, val_fraction=0.2, fine_tuning=FineTuneSettings(epochs=1),
+        limit_rows=ROWS, folds=3, val_fraction=0.2, fine_tuning=FineTuneSettings(epochs=1),
         fusion=FusionSettings(max_epochs=2), gbm=GbmSettings(max_rounds=30, early_stopping_rounds=10),
     )
     try:
@@ -122,11 +131,36 @@ def test_no_oof_estimate_comes_from_a_model_that_saw_its_row(spied_run):
 def test_every_labelled_row_gets_exactly_one_oof_estimate_per_cross_fitted_stage(spied_run):
     _, spy, _, labelled, _ = spied_run
     held_out = [set(h.tolist()) for _, h in spy.folds]
-    # text encoder on its 2 folds, then the MLP, the lexical model and the price priors on the 3 folds
-    assert [len(spy.folds), sum(map(len, held_out))] == [2 + 3 + 3 + 3, 4 * len(labelled)]
-    for stage in (held_out[:2], held_out[2:5], held_out[5:8], held_out[8:]):
+    # the text encoder, the MLP, the lexical model and the price priors, each on the 3 folds
+    assert [len(spy.folds), sum(map(len, held_out))] == [3 + 3 + 3 + 3, 4 * len(labelled)]
+    for stage in (held_out[:3], held_out[3:6], held_out[6:9], held_out[9:]):
         assert set().union(*stage) == set(labelled.tolist())
         assert sum(map(len, stage)) == len(labelled)
+
+
+def test_the_mlp_learns_from_the_embeddings_of_the_encoder_it_is_served_with(spied_run):
+    """In fold f the MLP learns from, and estimates fold f with, the encoder fine-tuned without
+    fold f; the deployed MLP learns from the refitted encoder that serves it: in both, embeddings
+    of rows the encoder was fine-tuned on, as the deployment's are of its training rows."""
+    output, spy, _, labelled, _ = spied_run
+    text_stage = np.load(output / "text_stage.npz")
+    per_fold, served = text_stage["per_fold"], text_stage["served"]
+    folds = Folds(labelled, np.asarray(list(json.loads((output / "folds.json").read_text())["fold"].values())))
+    mlp_fits = [fit for fit in spy.fits if fit["trainer"] == "train_fusion"]
+    assert len(mlp_fits) == 4
+    for fit in mlp_fits:
+        inputs, train_rows = fit["args"][0], np.asarray(sorted(fit["rows"]))
+        if fit["fold"] is None:
+            expected = served[:, 1:]
+        else:
+            fold = folds.fold_of(fit["fold"][1])
+            expected = per_fold[fold, :, 1:]
+            # another fold's encoder is another embedding space: this check could tell them apart
+            assert not np.allclose(per_fold[(fold + 1) % 3, train_rows, 1:], expected[train_rows], atol=1e-4)
+        np.testing.assert_allclose(inputs.text_embedding[train_rows], expected[train_rows], rtol=0, atol=1e-6)
+    # every labelled row's OOF text estimates come from the encoder fine-tuned without its fold
+    assert np.isnan(per_fold[:, np.setdiff1d(np.arange(per_fold.shape[1]), labelled)]).all()
+    assert np.isfinite(per_fold[:, labelled]).all()
 
 
 def test_blend_is_fitted_on_oof_estimates_of_every_labelled_row(spied_run):
@@ -172,6 +206,12 @@ def test_report_gives_oof_smape_with_the_folds_spread(spied_run):
         assert len(score["folds"]) == 3
         assert 0 < score["all"] < 200
         assert score["spread"] == pytest.approx(max(score["folds"]) - min(score["folds"]))
+    side_by_side = report["validation_vs_oof"]
+    assert set(side_by_side) == set(report["oof_smape"])
+    for name, score in side_by_side.items():
+        assert score["oof"] == report["oof_smape"][name]["all"]
+        assert score["validation"] == report["validation_smape"][name]
+        assert score["difference"] == pytest.approx(score["validation"] - score["oof"])
     oof_rows = (output / "oof_predictions.csv").read_text().splitlines()
     assert len(oof_rows) == 1 + len(labelled)
 

@@ -54,9 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     split = parser.add_argument_group("cross-fitting (folds grouped by image_link)")
     split.add_argument("--folds", type=int_at_least(2), default=TrainConfig.folds,
-                       help="K: folds of the out-of-fold estimates")
-    split.add_argument("--fine-tune-folds", type=int_at_least(2), default=TrainConfig.fine_tune_folds,
-                       help="folds of the text encoder's fine-tuning, the costly stage (grouped, like K)")
+                       help="K: folds of the out-of-fold estimates (the text encoder is fine-tuned K + 1 times)")
     split.add_argument("--val-fraction", type=fraction, default=TrainConfig.val_fraction,
                        help="share of the rows held out from everything and scored by the deployed models "
                             "(0: every row trains the models)")
@@ -100,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         ocr_engine=args.ocr,
         max_tokens=args.max_tokens,
         folds=args.folds,
-        fine_tune_folds=args.fine_tune_folds,
         val_fraction=args.val_fraction,
         seed=args.seed,
         bad_prices="skip" if args.skip_bad_prices else "refuse",
@@ -131,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = {name: round(score["all"], 2) for name, score in report["oof_smape"].items()}
     print(json.dumps({"oof_smape": summary, "rows": report["rows"],
                       "seconds": round(report["timings"]["total_s"], 1)}, indent=2))
+    if report["validation_vs_oof"]:
+        print(f"{'SMAPE':<14}{'out of fold':>12}{'validation':>12}{'difference':>12}")
+        for name, score in report["validation_vs_oof"].items():
+            print(f"{name:<14}{score['oof']:>12.2f}{score['validation']:>12.2f}{score['difference']:>+12.2f}")
     return 0
 
 

@@ -38,7 +38,6 @@ class TrainConfig:
     ocr_engine: str = "none"
     max_tokens: int = 128
     folds: int = 5
-    fine_tune_folds: int = 2  # the text encoder's own grouped folds: fine-tuning is the costly stage
     val_fraction: float = 0.0  # an optional held-out part, scored by the deployed (refitted) models only
     seed: int = 42
     bad_prices: BadPricePolicy = "refuse"

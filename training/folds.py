@@ -73,6 +73,10 @@ class Folds:
         for index in range(self.k):
             yield self.rows[self.fold != index], self.rows[self.fold == index]
 
+    def fold_of(self, held_out: np.ndarray) -> int:
+        """The index of the fold whose held-out rows (as `__iter__` yields them) these are."""
+        return int(self.fold[np.searchsorted(self.rows, held_out[0])])
+
 
 def cross_fit(folds: Folds, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
               n_rows: int) -> np.ndarray:
@@ -89,6 +93,27 @@ def cross_fit(folds: Folds, fit_predict: Callable[[np.ndarray, np.ndarray], np.n
             oof = np.full((n_rows, *predicted.shape[1:]), np.nan)
         oof[held_out] = predicted
     return oof
+
+
+def cross_fit_every_row(folds: Folds, fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray],
+                        n_rows: int) -> np.ndarray:
+    """Each fold's model on every labelled row: `fit_predict(train_rows, rows)` fits on the first
+    and returns predictions for all of `rows` (`folds.rows`), once per fold.
+
+    A later stage cross-fitted on the same folds then learns, in fold f, from what fold f's model
+    makes of the rows it was fitted on, and is scored on what it makes of rows it never saw: the
+    same kind of inputs as the refit on every row feeds the deployed stage.
+
+    Returns:
+        float32 [k, n_rows, ...]: fold f's predictions in [f]; NaN for rows outside the folds.
+    """
+    every_row = None
+    for index, (train_rows, _) in enumerate(folds):
+        predicted = np.asarray(fit_predict(train_rows, folds.rows), dtype=np.float32)
+        if every_row is None:
+            every_row = np.full((folds.k, n_rows, *predicted.shape[1:]), np.nan, dtype=np.float32)
+        every_row[index, folds.rows] = predicted
+    return every_row
 
 
 def per_fold_smape(folds: Folds, prices: np.ndarray, predicted: np.ndarray) -> list[float]:

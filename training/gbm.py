@@ -4,10 +4,9 @@ It reads the text encoder head's and the lexical model's log prices, the has_ima
 unit-price means of the labelled rows); client.models lists the LightGBM model's inputs, which
 are concatenated in that order. Trained on out-of-fold estimates and priors, it learns where each
 model is to be trusted (e.g. the lexical model on long descriptions) and corrects them with
-quantities, pack counts and what similar brands cost. The fusion MLP's estimate is left out: the
-MLP reads text embeddings, and the refitted encoder that serves embeds rows differently from the
-fold encoders whose out-of-fold embeddings the MLP learnt from (median cosine 0.58 between the
-two embeddings of a row); its estimate goes to the blend only. The number of rounds is chosen by cross-validation
+quantities, pack counts and what similar brands cost. The fusion MLP's estimate goes to the blend
+only: as a fourth stacker input it made the blend no better (README, "Accuracy: what is served
+is what was fitted"). The number of rounds is chosen by cross-validation
 on the same folds (`lgb.cv`), then the deployed booster is refitted on every labelled row.
 """
 

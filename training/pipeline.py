@@ -6,13 +6,16 @@ Every labelled row trains the deployed models, and every accuracy figure is out 
    held-out validation part (`val_fraction`, 0 by default);
 2. each model is cross-fitted: for each fold it is fitted on the other folds and predicts the
    fold, so every row gets an out-of-fold (OOF) estimate from a model that never saw it. The
-   text encoder is fine-tuned on fewer folds of its own (`fine_tune_folds`, also grouped: its
-   fine-tuning is the costly stage); its OOF embeddings are what the fusion MLP learns from, as it will see
-   new rows' embeddings at serving time. The MLP's epoch count and the LightGBM stacker's round
-   count are chosen on the OOF estimates;
+   stages that learn from the fine-tuned text encoder's embeddings (the fusion MLP, and
+   retrieval over its vectors) learn in fold f from fold f's encoder on the rows it was
+   fine-tuned on and are scored on that encoder's embeddings of fold f: in every fold, inputs of
+   the kind the deployed MLP is fitted on (the refitted encoder's embeddings of its own training
+   rows) and is served (its embeddings of new rows). The MLP's epoch count and the LightGBM
+   stacker's round count are chosen on the OOF estimates;
 3. each model is refitted on every labelled row with those settings: that is what export exports;
 4. the blend weights are fitted on the OOF estimates, and the report gives each component's and
-   the blend's OOF SMAPE with its spread over the folds.
+   the blend's OOF SMAPE with its spread over the folds (and, with validation rows, the deployed
+   models' score on them beside it).
 
 The LightGBM stacker learns from the text head's and lexical model's OOF estimates and the OOF price priors
 (training.gbm, client.priors); retrieval
@@ -28,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
@@ -54,7 +57,7 @@ from training.config import TrainConfig
 from training.encoders import describe_text_encoder, load_text_encoder, make_tokenizer
 from training.features import Features, extract_features
 from training.finetune import PriceRegressor, encode_with_head, fine_tune, save_regressor
-from training.folds import Folds, cross_fit, grouped_split, image_groups, per_fold_smape
+from training.folds import Folds, cross_fit, cross_fit_every_row, grouped_split, image_groups, per_fold_smape
 from training.fusion import FusionInputs, FusionMLP, predict_fusion, save_fusion, train_fusion
 from training.gbm import cross_fit_gbm, save_gbm, stack_features, train_gbm
 from training.lexical import fit_lexical, save_lexical
@@ -83,49 +86,72 @@ def fit_price_priors(texts: list[str], log_prices: np.ndarray, train_rows: np.nd
     return PricePriors.fit([texts[i] for i in train_rows], log_prices[train_rows])
 
 
-def make_folds(groups: np.ndarray, config: TrainConfig) -> tuple[Folds, Folds, np.ndarray]:
-    """The K folds over the labelled rows, the text encoder's folds over the same rows, and the
-    held-out validation rows (maybe none)."""
+def make_folds(groups: np.ndarray, config: TrainConfig) -> tuple[Folds, np.ndarray]:
+    """The K folds over the labelled rows, and the held-out validation rows (maybe none)."""
     rows = np.arange(len(groups))
     validation = np.zeros(0, dtype=np.int64)
     if config.val_fraction > 0:
         rows, validation = grouped_split(groups, config.val_fraction, config.seed)
-    return (Folds.grouped(rows, groups, config.folds, config.seed),
-            Folds.grouped(rows, groups, config.fine_tune_folds, config.seed), validation)
+    return Folds.grouped(rows, groups, config.folds, config.seed), validation
+
+
+@dataclass
+class TextStageOutputs:
+    """What the fine-tuned text encoders make of the rows; each row of an array is
+    (head log price, embedding...).
+
+    Attributes:
+        per_fold: float32 [k, n, 1 + dim]: in [f], the encoder fine-tuned without fold f on every
+            labelled row (NaN on the validation rows).
+        served: [n, 1 + dim]: the refitted (deployed) encoder on every row.
+        history: the refit's fine-tuning history.
+    """
+
+    per_fold: np.ndarray
+    served: np.ndarray
+    history: list[dict]
+
+    def out_of_fold(self, folds: Folds) -> np.ndarray:
+        """[n, 1 + dim]: each labelled row from the encoder that never saw it; NaN elsewhere."""
+        oof = np.full(self.served.shape, np.nan, dtype=np.float32)
+        oof[folds.rows] = self.per_fold[folds.fold, folds.rows]
+        return oof
 
 
 class TextEncoderStage:
-    """The fine-tuned text encoder: OOF embeddings and head estimates, then the refit on all rows.
+    """The fine-tuned text encoder, cross-fitted on the K folds, then refitted on every labelled row.
 
     Its outputs are kept in the run folder under a fingerprint of everything they depend on, so a
     rerun that changes only later stages (MLP, stacker, blend) does not fine-tune again.
     """
+
+    # part of the fingerprint: a change of what the stage keeps must not reuse older outputs
+    OUTPUTS_VERSION = 2
 
     def __init__(self, config: TrainConfig, tokenizer: TextTokenizer, token_ids: list[np.ndarray],
                  log_prices: np.ndarray):
         self.config, self.tokenizer, self.token_ids, self.log_prices = config, tokenizer, token_ids, log_prices
         self.reused = False
 
-    def run(self, run: RunDir, folds: Folds) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """(OOF [n, 1 + dim] of the folds' rows, the refitted encoder's [n, 1 + dim] of every row,
-        the refit's fine-tuning history); each row is (head log price, embedding...)."""
+    def run(self, run: RunDir, folds: Folds) -> TextStageOutputs:
         fingerprint = self.fingerprint(folds)
         cached = run.read_text_stage(fingerprint)
         if cached is not None:
             logger.info("text encoder: reusing the fine-tuned outputs in %s", run.text_stage)
             self.reused = True
-            return cached
-        oof = self.cross_fit(folds)
+            return TextStageOutputs(*cached)
+        per_fold = cross_fit_every_row(
+            folds, lambda train_rows, rows: self.encode(self.fit(train_rows)[0], rows), len(self.token_ids))
         regressor, history = self.fit(folds.rows)
         save_regressor(regressor, run.text_encoder)
         served = self.encode(regressor, np.arange(len(self.token_ids)))
         np.save(run.text_embeddings, served[:, 1:].astype(np.float32))
-        run.write_text_stage(fingerprint, oof, served, history)
-        return oof, served, history
+        run.write_text_stage(fingerprint, per_fold, served, history)
+        return TextStageOutputs(per_fold, served, history)
 
     def fingerprint(self, folds: Folds) -> str:
         digest = hashlib.sha256(json.dumps({
-            "encoder": describe_text_encoder(self.config.text_encoder),
+            "encoder": describe_text_encoder(self.config.text_encoder), "outputs": self.OUTPUTS_VERSION,
             "fine_tuning": asdict(self.config.fine_tuning), "max_tokens": self.config.max_tokens,
         }, sort_keys=True).encode())
         for array in (*self.token_ids, self.log_prices, folds.rows, folds.fold):
@@ -141,10 +167,6 @@ class TextEncoderStage:
         """[len(rows), 1 + dim]: the head's log price, then the embedding."""
         embedding, log_price = encode_with_head(model, self.tokenizer, [self.token_ids[i] for i in rows])
         return np.column_stack([log_price, embedding])
-
-    def cross_fit(self, folds: Folds) -> np.ndarray:
-        return cross_fit(folds, lambda train_rows, held_out: self.encode(self.fit(train_rows)[0], held_out),
-                         len(self.token_ids))
 
 
 class FusionStage:
@@ -169,9 +191,11 @@ class FusionStage:
         """Retrieval estimates of `rows`; a row never counts rows sharing its image."""
         return index.estimate(vectors[rows], k=self.config.retrieval_k, query_groups=self.groups[rows])
 
-    def cross_fit(self, inputs: FusionInputs, folds: Folds) -> tuple[np.ndarray, np.ndarray, int]:
-        """(OOF MLP log prices, OOF retrieval log prices, the chosen epoch count)."""
+    def cross_fit(self, inputs_per_fold: list[FusionInputs], folds: Folds) -> tuple[np.ndarray, np.ndarray, int]:
+        """(OOF MLP log prices, OOF retrieval log prices, the chosen epoch count); in fold f the
+        MLP learns from and estimates with `inputs_per_fold[f]` (fold f's text encoder)."""
         def fit_predict(train_rows: np.ndarray, held_out: np.ndarray) -> np.ndarray:
+            inputs = inputs_per_fold[folds.fold_of(held_out)]
             per_epoch = []
 
             def score(epoch: int, model: FusionMLP) -> None:
@@ -182,7 +206,7 @@ class FusionStage:
             self.fit(inputs, train_rows, on_epoch=score)
             return np.stack(per_epoch, axis=1)  # [held-out rows, epochs, (mlp, retrieval)]
 
-        oof = cross_fit(folds, fit_predict, len(inputs))
+        oof = cross_fit(folds, fit_predict, len(inputs_per_fold[0]))
         prices = np.expm1(self.log_prices[folds.rows])
         scores = [smape(prices, to_price(oof[folds.rows, epoch, 0])) for epoch in range(oof.shape[1])]
         best = int(np.argmin(scores))
@@ -208,28 +232,29 @@ def train(config: TrainConfig) -> dict:
     timings["features_s"] = time.perf_counter() - stage
 
     groups = image_groups(table.image_links)
-    folds, fine_tune_folds, validation = make_folds(groups, config)
+    folds, validation = make_folds(groups, config)
     labelled = folds.rows
     labelled_ids = [table.sample_ids[i] for i in labelled]
-    run.write_json(run.folds, {"k": folds.k, "fine_tune_k": fine_tune_folds.k, "grouped_by": "image_link",
+    run.write_json(run.folds, {"k": folds.k, "grouped_by": "image_link",
                                "fold": dict(zip(labelled_ids, map(int, folds.fold))),
-                               "fine_tune_fold": dict(zip(labelled_ids, map(int, fine_tune_folds.fold))),
                                "validation": [table.sample_ids[i] for i in validation]})
 
     stage = time.perf_counter()
     tokenizer = make_tokenizer(config.text_encoder, config.max_tokens)
     token_ids = tokenizer.encode(features.texts)
     text = TextEncoderStage(config, tokenizer, token_ids, log_prices)
-    oof_text, served_text, fine_tuning_history = text.run(run, fine_tune_folds)
+    text_outputs = text.run(run, folds)
+    oof_text, served_text = text_outputs.out_of_fold(folds), text_outputs.served
     timings["fine_tuning_s"] = time.perf_counter() - stage
 
     stage = time.perf_counter()
     fusion_stage = FusionStage(config, log_prices, groups)
-    oof_inputs = features.fusion_inputs(np.nan_to_num(oof_text[:, 1:]).astype(np.float32))
-    oof_mlp, oof_retrieval, fusion_epochs = fusion_stage.cross_fit(oof_inputs, folds)
-    fusion, fusion_history = fusion_stage.fit(oof_inputs, labelled, epochs=fusion_epochs)
+    inputs_per_fold = [features.fusion_inputs(np.nan_to_num(fold_text[:, 1:])) for fold_text in text_outputs.per_fold]
+    oof_mlp, oof_retrieval, fusion_epochs = fusion_stage.cross_fit(inputs_per_fold, folds)
+    served_inputs = features.fusion_inputs(served_text[:, 1:].astype(np.float32))
+    fusion, fusion_history = fusion_stage.fit(served_inputs, labelled, epochs=fusion_epochs)
     save_fusion(fusion, run.fusion_weights, run.fusion_architecture)
-    served_mlp, served_vectors = predict_fusion(fusion, features.fusion_inputs(served_text[:, 1:].astype(np.float32)))
+    served_mlp, served_vectors = predict_fusion(fusion, served_inputs)
     index = fusion_stage.index(served_vectors, labelled)
     index.save(run.retrieval)
     served_retrieval = np.full(len(table), np.nan)
@@ -286,19 +311,24 @@ def train(config: TrainConfig) -> dict:
     timings["total_s"] = time.perf_counter() - started
 
     token_counts = np.asarray([len(ids) for ids in token_ids])
+    oof_scores = _scores(folds, table.prices, oof_predictions)
+    validation_scores = {name: smape(table.prices[validation], values[validation])
+                         for name, values in served_predictions.items()} if len(validation) else {}
     report = {
         "rows": {"total": len(table), "labelled": len(labelled), "validation": len(validation),
                  "skipped_bad_price": len(table.skipped)},
-        "folds": {"k": folds.k, "fine_tune_k": fine_tune_folds.k, "grouped_by": "image_link",
+        "folds": {"k": folds.k, "grouped_by": "image_link",
                   "seed": config.seed, "val_fraction": config.val_fraction},
-        "oof_smape": _scores(folds, table.prices, oof_predictions),
+        "oof_smape": oof_scores,
         "blend_cross_fitted_smape": _cross_fitted_blend(folds, oof, table.prices),
-        "validation_smape": {name: smape(table.prices[validation], values[validation])
-                             for name, values in served_predictions.items()} if len(validation) else {},
+        "validation_smape": validation_scores,
+        "validation_vs_oof": {name: {"oof": oof_scores[name]["all"], "validation": score,
+                                     "difference": score - oof_scores[name]["all"]}
+                              for name, score in validation_scores.items()},
         "baseline_median_smape": _median_baseline(folds, table.prices),
         "blend_weights": {name: dict(zip(COMPONENTS, map(float, w))) for name, w in blends.items()},
         **_coverage(config, features, token_counts),
-        "training": {"fine_tuning": fine_tuning_history, "fusion": fusion_history, "fusion_epochs": fusion_epochs,
+        "training": {"fine_tuning": text_outputs.history, "fusion": fusion_history, "fusion_epochs": fusion_epochs,
                      "lightgbm_rounds": gbm_rounds},
         "feature_store": {"chunks_computed": features.chunks_computed, "chunks_reused": features.chunks_reused},
         "text_stage_reused": text.reused,

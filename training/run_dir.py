@@ -8,8 +8,9 @@
     text_encoder/           the fine-tuned text encoder (sentence-transformers folder + tokenizer)
                             and its price head
     text_embeddings.npy     its embedding of every row
-    text_stage.npz, .json   the text encoder stage's OOF and refit outputs, under a fingerprint of
-                            what they depend on (reused by a rerun that changes later stages only)
+    text_stage.npz, .json   the text encoder stage's outputs (each fold's encoder on every labelled
+                            row, the refit on every row), under a fingerprint of what they depend
+                            on (reused by a rerun that changes later stages only)
     fusion.safetensors      fusion MLP weights + fusion.json (architecture)
     lightgbm.txt            the LightGBM stacker (its own text format)
     price_priors.json       the brand and unit-price tables the stacker's priors come from
@@ -23,7 +24,8 @@
     stack_features.npy      the stacker's OOF input rows (labelled rows, in table order)
     oof_predictions.csv     every labelled row's out-of-fold estimate per component and blend
     validation_predictions.csv  the deployed models' predictions of the validation rows (if any)
-    report.json, plots/     OOF SMAPE per component and blend with the folds' spread, timings
+    report.json, plots/     OOF SMAPE per component and blend with the folds' spread (and beside it
+                            the validation rows' score, if any), timings
     run.json                settings, seeds, package versions, model identities
 """
 
@@ -71,10 +73,11 @@ class RunDir:
     def text_stage(self) -> Path:
         return self.root / "text_stage.npz"
 
-    def write_text_stage(self, fingerprint: str, oof: np.ndarray, served: np.ndarray, history: list[dict]) -> None:
+    def write_text_stage(self, fingerprint: str, per_fold: np.ndarray, served: np.ndarray,
+                         history: list[dict]) -> None:
         """Keeps the text encoder stage's outputs; the JSON, written last, marks them complete."""
         with atomic_write(self.text_stage, "wb") as handle:
-            np.savez(handle, oof=oof, served=served)
+            np.savez(handle, per_fold=per_fold, served=served)
         self.write_json(self.text_stage.with_suffix(".json"), {"fingerprint": fingerprint, "history": history})
 
     def read_text_stage(self, fingerprint: str) -> tuple[np.ndarray, np.ndarray, list[dict]] | None:
@@ -86,7 +89,7 @@ class RunDir:
         if record.get("fingerprint") != fingerprint:
             return None
         with np.load(self.text_stage, allow_pickle=False) as data:
-            return data["oof"], data["served"], record["history"]
+            return data["per_fold"], data["served"], record["history"]
 
     @property
     def fusion_weights(self) -> Path:
