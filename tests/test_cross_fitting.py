@@ -22,6 +22,7 @@ from training.folds import Folds, cross_fit, cross_fit_every_row
 from training.fusion import FusionSettings, load_fusion
 from training.gbm import GbmSettings, load_gbm
 from training.lexical import load_lexical
+from training.report import validation_table
 from training.run_dir import RunDir
 
 ROWS = 160
@@ -206,12 +207,17 @@ def test_report_gives_oof_smape_with_the_folds_spread(spied_run):
         assert len(score["folds"]) == 3
         assert 0 < score["all"] < 200
         assert score["spread"] == pytest.approx(max(score["folds"]) - min(score["folds"]))
-    side_by_side = report["validation_vs_oof"]
-    assert set(side_by_side) == set(report["oof_smape"])
-    for name, score in side_by_side.items():
-        assert score["oof"] == report["oof_smape"][name]["all"]
-        assert score["validation"] == report["validation_smape"][name]
-        assert score["difference"] == pytest.approx(score["validation"] - score["oof"])
+    assert set(report["validation_smape"]) == set(report["oof_smape"])
+    # what `train` prints: one line per estimate, its OOF and validation SMAPE and their difference
+    header, *lines = validation_table(report).splitlines()
+    assert header.split() == ["SMAPE", "out", "of", "fold", "validation", "difference"]
+    assert [line.split()[0] for line in lines] == list(report["oof_smape"])
+    for line in lines:
+        name, oof, validation, difference = line.split()
+        assert float(oof) == pytest.approx(report["oof_smape"][name]["all"], abs=0.005)
+        assert float(validation) == pytest.approx(report["validation_smape"][name], abs=0.005)
+        assert float(difference) == pytest.approx(float(validation) - float(oof), abs=0.011)
+    assert validation_table({**report, "validation_smape": {}}) == ""
     oof_rows = (output / "oof_predictions.csv").read_text().splitlines()
     assert len(oof_rows) == 1 + len(labelled)
 

@@ -24,6 +24,7 @@ from training.finetune import FineTuneSettings
 from training.fusion import FusionSettings
 from training.gbm import GbmSettings
 from training.pipeline import train
+from training.report import validation_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -128,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = {name: round(score["all"], 2) for name, score in report["oof_smape"].items()}
     print(json.dumps({"oof_smape": summary, "rows": report["rows"],
                       "seconds": round(report["timings"]["total_s"], 1)}, indent=2))
-    if report["validation_vs_oof"]:
-        print(f"{'SMAPE':<14}{'out of fold':>12}{'validation':>12}{'difference':>12}")
-        for name, score in report["validation_vs_oof"].items():
-            print(f"{name:<14}{score['oof']:>12.2f}{score['validation']:>12.2f}{score['difference']:>+12.2f}")
+    table = validation_table(report)
+    if table:
+        print(table)
     return 0
 
 

@@ -311,20 +311,15 @@ def train(config: TrainConfig) -> dict:
     timings["total_s"] = time.perf_counter() - started
 
     token_counts = np.asarray([len(ids) for ids in token_ids])
-    oof_scores = _scores(folds, table.prices, oof_predictions)
-    validation_scores = {name: smape(table.prices[validation], values[validation])
-                         for name, values in served_predictions.items()} if len(validation) else {}
     report = {
         "rows": {"total": len(table), "labelled": len(labelled), "validation": len(validation),
                  "skipped_bad_price": len(table.skipped)},
         "folds": {"k": folds.k, "grouped_by": "image_link",
                   "seed": config.seed, "val_fraction": config.val_fraction},
-        "oof_smape": oof_scores,
+        "oof_smape": _scores(folds, table.prices, oof_predictions),
         "blend_cross_fitted_smape": _cross_fitted_blend(folds, oof, table.prices),
-        "validation_smape": validation_scores,
-        "validation_vs_oof": {name: {"oof": oof_scores[name]["all"], "validation": score,
-                                     "difference": score - oof_scores[name]["all"]}
-                              for name, score in validation_scores.items()},
+        "validation_smape": {name: smape(table.prices[validation], values[validation])
+                             for name, values in served_predictions.items()} if len(validation) else {},
         "baseline_median_smape": _median_baseline(folds, table.prices),
         "blend_weights": {name: dict(zip(COMPONENTS, map(float, w))) for name, w in blends.items()},
         **_coverage(config, features, token_counts),

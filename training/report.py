@@ -27,6 +27,18 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def validation_table(report: dict) -> str:
+    """Each component's and blend's validation SMAPE beside its OOF estimate, as text; empty for
+    a run without validation rows."""
+    if not report["validation_smape"]:
+        return ""
+    lines = [f"{'SMAPE':<14}{'out of fold':>12}{'validation':>12}{'difference':>12}"]
+    for name, validation in report["validation_smape"].items():
+        oof = report["oof_smape"][name]["all"]
+        lines.append(f"{name:<14}{oof:>12.2f}{validation:>12.2f}{validation - oof:>+12.2f}")
+    return "\n".join(lines)
+
+
 def write_predictions(path: Path, sample_ids: list[str], prices: np.ndarray, predictions: dict[str, np.ndarray],
                       folds: np.ndarray | None = None) -> Path:
     """One row per product: its price, its fold (when given) and every component's and blend's prediction."""
