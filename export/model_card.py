@@ -31,6 +31,8 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
     profile = PROFILES[details["profile"]]
     image_model = details["source_models"]["image_encoder"]["name"]
     pooling = " + ".join(details["source_models"]["text_encoder"]["pooling"])
+    # runs from before the precision setting recorded none: they all trained in float32
+    precision = report["training"].get("fine_tuning_precision", "fp32")
     text = f"""# Model card
 
 ## Training data
@@ -51,7 +53,8 @@ def write_model_card(root: Path, config: TrainConfig, report: dict, details: dic
 - Image encoder: `{image_model}` ({settings.image_dim}-d, 3-view TTA inside the graph, input
   uint8 {settings.image_size}x{settings.image_size} RGB)
 - Text encoder: `{details['source_models']['base_text_encoder']['name']}` fine-tuned on log1p(price) with a linear price head
-  ({settings.text_dim}-d, {pooling} pooling, at most {settings.max_tokens} tokens)
+  ({settings.text_dim}-d, {pooling} pooling, at most {settings.max_tokens} tokens; training steps in
+  {precision}, weights and served graph float32)
 - Fusion MLP on log1p(price) over the fine-tuned embeddings, the image embedding and catalogue
   features; FAISS retrieval (k={settings.retrieval_k}) over every labelled row; lexical model:
   TF-IDF of hashed word-piece n-grams + Ridge; a LightGBM stacker over the text head's and the lexical

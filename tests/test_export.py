@@ -22,7 +22,7 @@ from tests.conftest import PROJECT, SAMPLE
 ONNX_DTYPES = {onnx.TensorProto.UINT8: "uint8", onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64"}
 
 
-def test_parity_figures_meet_the_bounds_for_every_graph(deployment):
+def test_parity_figures_meet_the_bounds_for_every_graph(deployment, sample_run):
     manifest = json.loads((deployment / "bundle" / "manifest.json").read_text())
     checked = {(p["model"], p["output"]) for p in manifest["parity"]}
     assert checked == {("image_encoder", "image_embedding"), ("text_encoder", "text_embedding"),
@@ -35,6 +35,8 @@ def test_parity_figures_meet_the_bounds_for_every_graph(deployment):
         assert parity["rows"] >= 50
     card = (deployment / "MODEL_CARD.md").read_text()
     assert "Export parity" in card and "image_encoder" in card
+    precision = json.loads((sample_run / "report.json").read_text())["training"]["fine_tuning_precision"]
+    assert f"training steps in\n  {precision}," in card
 
 
 def test_exported_image_encoder_matches_pytorch_at_every_batch_size(deployment):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from client.images import ImageFetcher
@@ -11,21 +12,33 @@ from tests.conftest import SAMPLE, SAMPLE_OCR
 from training.config import TrainConfig
 from training.encoders import load_text_encoder, make_tokenizer
 from training.features import extract_features
-from training.finetune import FineTuneSettings, encode_with_head, fine_tune, load_regressor
+from training.finetune import (
+    BF16_CPU_FLAG,
+    FineTuneSettings,
+    encode_with_head,
+    fine_tune,
+    load_regressor,
+    resolve_precision,
+)
 from training.run_dir import RunDir
 
 
-def _tune(token_ids, log_prices, rows, seed):
+def _tune(token_ids, log_prices, rows, seed, precision="fp32"):
     encoder, _ = load_text_encoder()
     tokenizer = make_tokenizer("all-MiniLM-L6-v2", 32)
-    settings = FineTuneSettings(epochs=2, batch_size=16, learning_rate=1e-4, seed=seed)
+    settings = FineTuneSettings(epochs=2, batch_size=16, learning_rate=1e-4, precision=precision, seed=seed)
     return fine_tune(encoder, tokenizer, token_ids, log_prices, rows, settings)
 
 
-def test_fine_tuning_is_seeded_and_lowers_the_loss():
+@pytest.fixture(scope="module")
+def sample_tokens():
     table = read_catalog_csv(SAMPLE / "train.csv", with_prices=True)
-    token_ids = make_tokenizer("all-MiniLM-L6-v2", 32).encode(table.texts)
-    log_prices, rows = np.log1p(table.prices), np.arange(64)
+    return make_tokenizer("all-MiniLM-L6-v2", 32).encode(table.texts), np.log1p(table.prices)
+
+
+def test_fine_tuning_is_seeded_and_lowers_the_loss(sample_tokens):
+    token_ids, log_prices = sample_tokens
+    rows = np.arange(64)
     first, history = _tune(token_ids, log_prices, rows, seed=3)
     second, _ = _tune(token_ids, log_prices, rows, seed=3)
     assert history[1]["train_l1"] < history[0]["train_l1"]
@@ -34,6 +47,28 @@ def test_fine_tuning_is_seeded_and_lowers_the_loss():
     base, _ = load_text_encoder()
     assert not torch.equal(base.transformer.embeddings.word_embeddings.weight,
                            first.encoder.transformer.embeddings.word_embeddings.weight)
+
+
+def test_bf16_steps_learn_and_keep_float32_weights(sample_tokens):
+    token_ids, log_prices = sample_tokens
+    rows = np.arange(64)
+    bf16, history = _tune(token_ids, log_prices, rows, seed=3, precision="bf16")
+    fp32, _ = _tune(token_ids, log_prices, rows, seed=3, precision="fp32")
+    assert [epoch["precision"] for epoch in history] == ["bf16", "bf16"]
+    assert history[1]["train_l1"] < history[0]["train_l1"]
+    assert {p.dtype for p in bf16.parameters()} == {torch.float32}
+    # autocast really ran: the same seed and batches in float32 end elsewhere
+    assert not torch.equal(bf16.head.weight, fp32.head.weight)
+
+
+def test_auto_precision_follows_the_hardware():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", BF16_CPU_FLAG})) == "bf16"
+    assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", "avx512_bf16"})) == "fp32"
+    assert resolve_precision("fp32", cpu, frozenset({BF16_CPU_FLAG})) == "fp32"
+    assert resolve_precision("bf16", cpu, frozenset()) == "bf16"
+    with pytest.raises(ValueError, match="auto, fp32, bf16"):
+        resolve_precision("fp16", cpu)
 
 
 def test_saved_encoder_reproduces_the_runs_text_embeddings(sample_run):

@@ -20,7 +20,7 @@ from client.commands.options import add_encoding_option, add_link_options, fract
 from client.errors import InputError, MissingDependencyError
 from client.ocr import OCR_ENGINES
 from training.config import TrainConfig
-from training.finetune import FineTuneSettings
+from training.finetune import PRECISIONS, FineTuneSettings
 from training.fusion import FusionSettings
 from training.gbm import GbmSettings
 from training.pipeline import train
@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text encoder fine-tuning epochs")
     training.add_argument("--fine-tune-lr", type=float, default=FineTuneSettings.learning_rate,
                           help="text encoder learning rate (peak, after linear warm-up)")
+    training.add_argument("--fine-tune-precision", choices=PRECISIONS, default=FineTuneSettings.precision,
+                          help="text encoder training steps in float32 or bfloat16 autocast (auto: bf16 on "
+                               "a CUDA GPU that supports it or a CPU with AMX-BF16, else fp32)")
     training.add_argument("--epochs", type=int, default=FusionSettings.max_epochs,
                           help="fusion MLP epochs at most (the count with the best out-of-fold SMAPE is kept)")
     training.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds,
@@ -103,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         bad_prices="skip" if args.skip_bad_prices else "refuse",
         limit_rows=args.limit_rows,
-        fine_tuning=FineTuneSettings(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr, seed=args.seed),
+        fine_tuning=FineTuneSettings(epochs=args.fine_tune_epochs, learning_rate=args.fine_tune_lr,
+                                     precision=args.fine_tune_precision, seed=args.seed),
         fusion=FusionSettings(max_epochs=args.epochs, seed=args.seed),
         gbm=GbmSettings(max_rounds=args.gbm_rounds, seed=args.seed),
         csv_encoding=args.encoding,

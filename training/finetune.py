@@ -5,6 +5,10 @@ The encoder keeps its exported form (its folder's pooling, Dense layers and norm
 graph, with the embedding and the head's log price as its two outputs. Batches group rows of
 similar token length (shuffled within buckets of several batches, then the batches are
 shuffled), which cuts the padding a CPU would otherwise compute.
+
+Training steps may run under bfloat16 autocast (`precision`): the weights, the optimiser state,
+the loss and every embedding that later stages or export read stay float32; only the matrix
+products of the forward and backward passes are computed in bfloat16.
 """
 
 from __future__ import annotations
@@ -20,10 +24,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from client.cpu import cpu_flags
 from client.text import TextTokenizer
 from training.encoders import TextEncoder, load_text_encoder
 
 HEAD_FILE = "price_head.safetensors"
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_CPU_FLAG = "amx_bf16"
+"""The CPU flag under which `auto` trains in bfloat16: AMX tiles multiply bfloat16 natively."""
 
 
 @dataclass(frozen=True)
@@ -34,10 +42,15 @@ class FineTuneSettings:
     Training runs on CUDA when torch sees a GPU. For the production encoder there
     (all-mpnet-base-v2 at 256 tokens), `learning_rate=3e-5` is the usual starting point for a
     base-size encoder; it has not been run here (no GPU, no model hub).
+
+    `precision` "auto" trains in bfloat16 where the hardware multiplies it natively (a CUDA GPU
+    that supports it, a CPU with AMX-BF16) and in float32 elsewhere, where bfloat16 would be
+    emulated and slower; "fp32" or "bf16" force one.
     """
 
     epochs: int = 2
     batch_size: int = 32
+    precision: str = "auto"
     learning_rate: float = 8e-5
     head_learning_rate: float = 2e-3
     weight_decay: float = 0.01
@@ -60,6 +73,26 @@ class PriceRegressor(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.encoder(input_ids, attention_mask)
         return embedding, self.head(embedding)
+
+
+def training_device() -> torch.device:
+    """Where fine-tuning runs: CUDA when torch sees a GPU, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_precision(precision: str, device: torch.device, flags: frozenset[str] | None = None) -> str:
+    """"fp32" or "bf16": what `precision` means on `device` (and these CPU flags, default this CPU's).
+
+    Raises:
+        ValueError: `precision` is not one of :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"fine-tuning precision {precision!r} is not known; choose one of {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if BF16_CPU_FLAG in (cpu_flags() if flags is None else flags) else "fp32"
 
 
 def bucketed_batches(lengths: np.ndarray, rows: np.ndarray, settings: FineTuneSettings,
@@ -89,13 +122,15 @@ def fine_tune(
     outside `train_rows` is looked at, so every other row stays unseen by the encoder.
 
     Returns:
-        (regressor in eval mode on the CPU, per-epoch history of training loss and seconds).
+        (regressor in eval mode on the CPU, per-epoch history of training loss, seconds and the
+        precision the steps ran in).
     """
     from transformers import get_linear_schedule_with_warmup
 
     torch.manual_seed(settings.seed)
     generator = np.random.default_rng(settings.seed)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = training_device()
+    precision = resolve_precision(settings.precision, device)
     model = PriceRegressor(encoder).to(device)
     with torch.no_grad():
         model.head.weight.zero_()
@@ -123,17 +158,19 @@ def fine_tune(
         for batch in bucketed_batches(lengths, train_rows, settings, generator):
             input_ids, attention_mask = (torch.from_numpy(a).to(device)
                                          for a in tokenizer.pad([token_ids[i] for i in batch]))
-            _, log_price = model(input_ids, attention_mask)
-            loss = F.l1_loss(log_price[:, 0], targets[batch])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                _, log_price = model(input_ids, attention_mask)
+            loss = F.l1_loss(log_price[:, 0].float(), targets[batch])
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
             scheduler.step()
             total += loss.item() * len(batch)
             progress.update()
-        history.append({"epoch": epoch, "train_l1": total / len(train_rows), "seconds": time.perf_counter() - started})
+        history.append({"epoch": epoch, "train_l1": total / len(train_rows), "seconds": time.perf_counter() - started,
+                        "precision": precision})
         progress.write(f"fine-tuning epoch {epoch}: train L1 {history[-1]['train_l1']:.4f} "
-                       f"in {history[-1]['seconds']:.0f} s")
+                       f"in {history[-1]['seconds']:.0f} s ({precision})")
     progress.close()
     return model.cpu().eval(), history
 

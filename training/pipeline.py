@@ -56,7 +56,14 @@ from client.text import TextTokenizer
 from training.config import TrainConfig
 from training.encoders import describe_text_encoder, load_text_encoder, make_tokenizer
 from training.features import Features, extract_features
-from training.finetune import PriceRegressor, encode_with_head, fine_tune, save_regressor
+from training.finetune import (
+    PriceRegressor,
+    encode_with_head,
+    fine_tune,
+    resolve_precision,
+    save_regressor,
+    training_device,
+)
 from training.folds import Folds, cross_fit, cross_fit_every_row, grouped_split, image_groups, per_fold_smape
 from training.fusion import FusionInputs, FusionMLP, predict_fusion, save_fusion, train_fusion
 from training.gbm import cross_fit_gbm, save_gbm, stack_features, train_gbm
@@ -153,6 +160,7 @@ class TextEncoderStage:
         digest = hashlib.sha256(json.dumps({
             "encoder": describe_text_encoder(self.config.text_encoder), "outputs": self.OUTPUTS_VERSION,
             "fine_tuning": asdict(self.config.fine_tuning), "max_tokens": self.config.max_tokens,
+            "precision": resolve_precision(self.config.fine_tuning.precision, training_device()),
         }, sort_keys=True).encode())
         for array in (*self.token_ids, self.log_prices, folds.rows, folds.fold):
             digest.update(np.ascontiguousarray(array).tobytes())
@@ -323,8 +331,9 @@ def train(config: TrainConfig) -> dict:
         "baseline_median_smape": _median_baseline(folds, table.prices),
         "blend_weights": {name: dict(zip(COMPONENTS, map(float, w))) for name, w in blends.items()},
         **_coverage(config, features, token_counts),
-        "training": {"fine_tuning": text_outputs.history, "fusion": fusion_history, "fusion_epochs": fusion_epochs,
-                     "lightgbm_rounds": gbm_rounds},
+        "training": {"fine_tuning": text_outputs.history,
+                     "fine_tuning_precision": resolve_precision(config.fine_tuning.precision, training_device()),
+                     "fusion": fusion_history, "fusion_epochs": fusion_epochs, "lightgbm_rounds": gbm_rounds},
         "feature_store": {"chunks_computed": features.chunks_computed, "chunks_reused": features.chunks_reused},
         "text_stage_reused": text.reused,
         "timings": timings,
