@@ -54,7 +54,6 @@ def test_bf16_steps_learn_and_keep_float32_weights(sample_tokens):
     rows = np.arange(64)
     bf16, history = _tune(token_ids, log_prices, rows, seed=3, precision="bf16")
     fp32, _ = _tune(token_ids, log_prices, rows, seed=3, precision="fp32")
-    assert [epoch["precision"] for epoch in history] == ["bf16", "bf16"]
     assert history[1]["train_l1"] < history[0]["train_l1"]
     assert {p.dtype for p in bf16.parameters()} == {torch.float32}
     # autocast really ran: the same seed and batches in float32 end elsewhere
@@ -82,3 +81,25 @@ def test_saved_encoder_reproduces_the_runs_text_embeddings(sample_run):
     embeddings, _ = encode_with_head(model, tokenizer, tokenizer.encode([features.texts[i] for i in rows]))
     np.testing.assert_allclose(embeddings, np.load(run.text_embeddings)[rows], atol=1e-5)
     assert identity["embedding_dim"] == 384
+
+
+def test_text_stage_outputs_are_kept_per_resolved_precision(sample_tokens, tmp_path, monkeypatch):
+    """The same `auto` setting on a CPU with and without AMX-BF16 trains differently, so a text stage
+    cached on one machine is not reused on the other."""
+    import training.finetune
+    import training.pipeline
+    from training.folds import Folds
+
+    token_ids, log_prices = sample_tokens
+    rows = np.arange(len(token_ids))
+    folds = Folds.grouped(rows, rows, k=3, seed=0)
+    config = TrainConfig(csv=SAMPLE / "train.csv", output=tmp_path, fine_tuning=FineTuneSettings(precision="auto"))
+    monkeypatch.setattr(training.pipeline, "training_device", lambda: torch.device("cpu"))
+    fingerprints = {}
+    for flags in (frozenset({"avx2", BF16_CPU_FLAG}), frozenset({"avx2"})):
+        monkeypatch.setattr(training.finetune, "cpu_flags", lambda flags=flags: flags)
+        stage = training.pipeline.TextEncoderStage(config, make_tokenizer("all-MiniLM-L6-v2", 32), token_ids,
+                                                   log_prices)
+        fingerprints[stage.precision] = stage.fingerprint(folds)
+    assert set(fingerprints) == {"bf16", "fp32"}
+    assert fingerprints["bf16"] != fingerprints["fp32"]

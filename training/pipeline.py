@@ -31,7 +31,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -138,6 +138,7 @@ class TextEncoderStage:
     def __init__(self, config: TrainConfig, tokenizer: TextTokenizer, token_ids: list[np.ndarray],
                  log_prices: np.ndarray):
         self.config, self.tokenizer, self.token_ids, self.log_prices = config, tokenizer, token_ids, log_prices
+        self.precision = resolve_precision(config.fine_tuning.precision, training_device())
         self.reused = False
 
     def run(self, run: RunDir, folds: Folds) -> TextStageOutputs:
@@ -160,7 +161,7 @@ class TextEncoderStage:
         digest = hashlib.sha256(json.dumps({
             "encoder": describe_text_encoder(self.config.text_encoder), "outputs": self.OUTPUTS_VERSION,
             "fine_tuning": asdict(self.config.fine_tuning), "max_tokens": self.config.max_tokens,
-            "precision": resolve_precision(self.config.fine_tuning.precision, training_device()),
+            "precision": self.precision,
         }, sort_keys=True).encode())
         for array in (*self.token_ids, self.log_prices, folds.rows, folds.fold):
             digest.update(np.ascontiguousarray(array).tobytes())
@@ -169,7 +170,8 @@ class TextEncoderStage:
 
     def fit(self, train_rows: np.ndarray) -> tuple[PriceRegressor, list[dict]]:
         encoder, _ = load_text_encoder(self.config.text_encoder)  # fresh pretrained weights each time
-        return fine_tune(encoder, self.tokenizer, self.token_ids, self.log_prices, train_rows, self.config.fine_tuning)
+        settings = replace(self.config.fine_tuning, precision=self.precision)  # resolved once for every fit
+        return fine_tune(encoder, self.tokenizer, self.token_ids, self.log_prices, train_rows, settings)
 
     def encode(self, model: PriceRegressor, rows: np.ndarray) -> np.ndarray:
         """[len(rows), 1 + dim]: the head's log price, then the embedding."""
@@ -332,7 +334,7 @@ def train(config: TrainConfig) -> dict:
         "blend_weights": {name: dict(zip(COMPONENTS, map(float, w))) for name, w in blends.items()},
         **_coverage(config, features, token_counts),
         "training": {"fine_tuning": text_outputs.history,
-                     "fine_tuning_precision": resolve_precision(config.fine_tuning.precision, training_device()),
+                     "fine_tuning_precision": text.precision,
                      "fusion": fusion_history, "fusion_epochs": fusion_epochs, "lightgbm_rounds": gbm_rounds},
         "feature_store": {"chunks_computed": features.chunks_computed, "chunks_reused": features.chunks_reused},
         "text_stage_reused": text.reused,
