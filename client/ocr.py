@@ -20,7 +20,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,6 +29,9 @@ from client.files import JsonLines
 from client.images import OCR_MAX_ASPECT
 from client.models import OCR_RECOGNIZER, ModelRunner
 from client.ppocr import LocalOcrModels, PpOcrReader, ReaderSettings, graph_characters, ppocr_graphs
+
+if TYPE_CHECKING:
+    from multiprocessing.synchronize import Event as ProcessEvent
 
 OCR_ENGINES = ("rapidocr", "paddleocr", "tesseract", "none")
 """Names accepted by :func:`make_ocr_engine`; the first is the default."""
@@ -426,9 +429,10 @@ def run_ocr(
             if stop.is_set():
                 pool.cancel_waiting()
             shas, future = pending.popleft()
-            if future.cancelled():
+            read = None if future.cancelled() else future.result()
+            if read is None:  # dropped after `stop`, in this process or in a worker's queue
                 continue
-            for sha, text in zip(shas, future.result(), strict=True):
+            for sha, text in zip(shas, read, strict=True):
                 texts[sha] = text or ""
                 if text is not None and cache is not None:
                     cache.put(key, sha, text)
@@ -467,25 +471,34 @@ class _OcrPool:
         self.engine = engine
         self.workers = max(1, workers)
         self.executor: Executor | None = None
+        self.stopped: ProcessEvent | None = None
 
     def submit(self, batch: list[tuple[str, np.ndarray]]) -> Future:
-        """Reads (sha256, image) pairs; the future gives each one's text, None where OCR failed."""
+        """Reads (sha256, image) pairs; the future gives each one's text (None where OCR
+        failed), or None for the whole group when the pool was stopped before it started."""
         if self.executor is None:
             self.executor, self.read = self._start()
         return self.executor.submit(self.read, batch)
 
-    def _start(self) -> tuple[Executor, Callable[[list[tuple[str, np.ndarray]]], list[str | None]]]:
+    def _start(self) -> tuple[Executor, Callable[[list[tuple[str, np.ndarray]]], list[str | None] | None]]:
         if isinstance(self.engine, str) and self.workers > 1:
             threads = max(1, (os.cpu_count() or 1) // self.workers)
             # spawn, not fork: forking a process that already runs ONNX Runtime threads can deadlock.
             context = multiprocessing.get_context("spawn")
+            self.stopped = context.Event()
             return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker,
-                                       initargs=(self.engine, threads)), _read_in_worker
+                                       initargs=(self.engine, threads, self.stopped)), _read_in_worker
         engine = self.engine if isinstance(self.engine, OcrEngine) else _engine_here(self.engine)
         return ThreadPoolExecutor(self.workers, thread_name_prefix="ocr"), functools.partial(_safe_read, engine)
 
     def cancel_waiting(self) -> None:
-        """Drop the images not yet started (those being read finish)."""
+        """Drop the images not yet started (those being read finish).
+
+        A process pool has already sent up to ``workers + 1`` groups down its call queue, where
+        cancelling no longer reaches them: its workers see ``stopped`` and skip those.
+        """
+        if self.stopped is not None:
+            self.stopped.set()
         if self.executor is not None:
             self.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -517,23 +530,27 @@ def _safe_read(engine: OcrEngine, batch: list[tuple[str, np.ndarray]]) -> list[s
 
 _worker_engine: OcrEngine | None = None
 _worker_error: Exception | None = None
+_worker_stopped: ProcessEvent | None = None
 
 
-def _init_worker(engine_name: str, threads: int) -> None:
+def _init_worker(engine_name: str, threads: int, stopped: ProcessEvent) -> None:
     """Build this worker process's engine once; keep a construction error to re-raise per task.
 
-    Ctrl-C is the parent's to handle (it stops handing out images): a worker ignores it
-    rather than die mid-image and break the pool.
+    Ctrl-C is the parent's to handle (it sets ``stopped``, and stops handing out images): a
+    worker ignores it rather than die mid-image and break the pool.
     """
-    global _worker_engine, _worker_error
+    global _worker_engine, _worker_error, _worker_stopped
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker_stopped = stopped
     try:
         _worker_engine = make_ocr_engine(engine_name, threads=threads)
     except Exception as error:  # re-raised in _read_in_worker, so the caller sees the real error
         _worker_error = error
 
 
-def _read_in_worker(batch: list[tuple[str, np.ndarray]]) -> list[str | None]:
+def _read_in_worker(batch: list[tuple[str, np.ndarray]]) -> list[str | None] | None:
+    if _worker_stopped is not None and _worker_stopped.is_set():
+        return None
     if _worker_error is not None:
         raise _worker_error
     assert _worker_engine is not None

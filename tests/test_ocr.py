@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import json
 import shutil
+import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -477,6 +478,22 @@ def test_run_ocr_in_worker_processes(tmp_path: Path) -> None:
         "three": ["SEA", "SALT"],
     }
     assert OcrCache(cache.path).get(ocr_cache_key("rapidocr"), "two") == texts["two"]
+
+
+def test_stopped_worker_processes_skip_the_images_already_queued_for_them() -> None:
+    """`stop` is set after four groups of one image are handed out, while the two worker processes
+    still start (import, build their engine). Cancelling a future cannot reach the groups a
+    process pool has sent down its call queue (up to workers + 1); the workers must skip them
+    (they read them, before: three images after the stop)."""
+    stop = threading.Event()
+
+    def images() -> Iterator[tuple[str, np.ndarray]]:
+        for n in range(12):
+            if n == 4:
+                stop.set()
+            yield f"label-{n}", label(f"ITEM {n}")
+
+    assert run_ocr("rapidocr", images(), None, workers=2, stop=stop, batch_images=1) == {}
 
 
 def test_run_ocr_worker_surfaces_missing_dependency(tmp_path: Path) -> None:
