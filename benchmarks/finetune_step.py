@@ -20,7 +20,7 @@ from client.cpu import cpu_flags, cpu_model
 from client.table import read_catalog_csv
 from client.text import compose_text
 from training.encoders import OFFLINE_TEXT_ENCODER, load_text_encoder, make_tokenizer
-from training.finetune import BF16_CPU_FLAG, FineTuneSettings, fine_tune
+from training.finetune import BF16_CPU_FLAGS, FineTuneSettings, fine_tune
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon2025"
 PRECISIONS = ("fp32", "bf16")
@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     log_prices = np.log1p(table.prices[rows])
     settings = replace(FineTuneSettings(), epochs=1)
     steps = -(-len(rows) // settings.batch_size)
-    print(f"CPU: {cpu_model()}, AMX-BF16: {'yes' if BF16_CPU_FLAG in cpu_flags() else 'no'}; one epoch of "
+    native_bf16 = ", ".join(sorted(BF16_CPU_FLAGS & cpu_flags())) or "none"
+    print(f"CPU: {cpu_model()}, native bfloat16 flags: {native_bf16}; one epoch of "
           f"{steps} steps of {settings.batch_size} rows, {np.mean([len(t) for t in token_ids]):.0f} tokens per row")
     runs: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
     for _ in range(args.repeats):

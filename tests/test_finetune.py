@@ -13,7 +13,7 @@ from training.config import TrainConfig
 from training.encoders import load_text_encoder, make_tokenizer
 from training.features import extract_features
 from training.finetune import (
-    BF16_CPU_FLAG,
+    BF16_CPU_FLAGS,
     FineTuneSettings,
     encode_with_head,
     fine_tune,
@@ -62,9 +62,10 @@ def test_bf16_steps_learn_and_keep_float32_weights(sample_tokens):
 
 def test_auto_precision_follows_the_hardware():
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", BF16_CPU_FLAG})) == "bf16"
-    assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", "avx512_bf16"})) == "fp32"
-    assert resolve_precision("fp32", cpu, frozenset({BF16_CPU_FLAG})) == "fp32"
+    for flag in sorted(BF16_CPU_FLAGS):
+        assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", flag})) == "bf16"
+    assert resolve_precision("auto", cpu, frozenset({"avx2", "avx512_vnni", "avx_vnni"})) == "fp32"
+    assert resolve_precision("fp32", cpu, frozenset(BF16_CPU_FLAGS)) == "fp32"
     assert resolve_precision("bf16", cpu, frozenset()) == "bf16"
     with pytest.raises(ValueError, match="auto, fp32, bf16"):
         resolve_precision("fp16", cpu)
@@ -84,7 +85,7 @@ def test_saved_encoder_reproduces_the_runs_text_embeddings(sample_run):
 
 
 def test_text_stage_outputs_are_kept_per_resolved_precision(sample_tokens, tmp_path, monkeypatch):
-    """The same `auto` setting on a CPU with and without AMX-BF16 trains differently, so a text stage
+    """The same `auto` setting on a CPU with and without native bfloat16 trains differently, so a text stage
     cached on one machine is not reused on the other."""
     import training.finetune
     import training.pipeline
@@ -96,7 +97,7 @@ def test_text_stage_outputs_are_kept_per_resolved_precision(sample_tokens, tmp_p
     config = TrainConfig(csv=SAMPLE / "train.csv", output=tmp_path, fine_tuning=FineTuneSettings(precision="auto"))
     monkeypatch.setattr(training.pipeline, "training_device", lambda: torch.device("cpu"))
     fingerprints = {}
-    for flags in (frozenset({"avx2", BF16_CPU_FLAG}), frozenset({"avx2"})):
+    for flags in (frozenset({"avx2", "amx_bf16"}), frozenset({"avx2"})):
         monkeypatch.setattr(training.finetune, "cpu_flags", lambda flags=flags: flags)
         stage = training.pipeline.TextEncoderStage(config, make_tokenizer("all-MiniLM-L6-v2", 32), token_ids,
                                                    log_prices)

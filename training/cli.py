@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="text encoder learning rate (peak, after linear warm-up)")
     training.add_argument("--fine-tune-precision", choices=PRECISIONS, default=FineTuneSettings.precision,
                           help="text encoder training steps in float32 or bfloat16 autocast (auto: bf16 on "
-                               "a CUDA GPU that supports it or a CPU with AMX-BF16, else fp32)")
+                               "a CUDA GPU that supports it or a CPU with AMX-BF16 or AVX-512 BF16, else fp32)")
     training.add_argument("--epochs", type=int, default=FusionSettings.max_epochs,
                           help="fusion MLP epochs at most (the count with the best out-of-fold SMAPE is kept)")
     training.add_argument("--gbm-rounds", type=int, default=GbmSettings.max_rounds,
