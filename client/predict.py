@@ -535,25 +535,31 @@ def predict(config: PredictConfig) -> dict:
     if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
         return asyncio.run(predict_async(config))
     interrupts = 0
+    previous = signal.getsignal(signal.SIGINT)
     with asyncio.Runner() as runner:
-        run = runner.get_loop().create_task(predict_async(config))
+        loop = runner.get_loop()
+        run = loop.create_task(predict_async(config))
 
-        def on_interrupt(signum, frame) -> None:
+        def on_interrupt() -> None:
             nonlocal interrupts
             interrupts += 1
             if interrupts > 1:
                 os.write(2, b"\nclient predict: interrupted again: stopping now (finished batches are kept)\n")
                 os._exit(130)
-            runner.get_loop().call_soon_threadsafe(run.cancel)
+            run.cancel()
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+        # The kernel may hand SIGINT to any thread (an OCR or ONNX Runtime one); a handler set with
+        # signal.signal then runs only once the loop wakes for something else, which during a
+        # wave's OCR can be many images later. The loop's own handler wakes it at once.
+        loop.add_signal_handler(signal.SIGINT, on_interrupt)
         try:
-            return runner.get_loop().run_until_complete(run)
+            return loop.run_until_complete(run)
         except asyncio.CancelledError:
             if not interrupts:
                 raise
             raise PredictionInterrupted(journaled_rows(config.journal), config.journal) from None
         finally:
+            loop.remove_signal_handler(signal.SIGINT)
             signal.signal(signal.SIGINT, previous)
 
 

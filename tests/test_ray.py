@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -87,12 +88,22 @@ def run_on_ray(input_path: Path, output: Path, deployment: Path, cluster: LocalR
     return json.loads(output.with_suffix(".json").read_text())
 
 
+ESTIMATE_COLUMNS = ("price", "mlp", "lightgbm", "retrieval", "text_head", "lexical")
+
+
 def assert_same_rows(output: Path, reference: list[dict[str, str]]) -> None:
-    """Every input row once, in input order, with the single process's price, components, image
-    status, OCR length and warnings (as written, to 4 decimals)."""
+    """Every input row once, in input order, with the single process's image status, OCR length
+    and warnings, and its price and components as written (4 decimals) give or take one unit of
+    the last: Ray's blocks batch rows differently, and a float sum of another batch shape may
+    differ in its last bit, which moves a value lying on a rounding boundary by one unit."""
     details = read_rows(output.with_suffix(".details.csv"))
     assert [r["sample_id"] for r in details] == [r["sample_id"] for r in reference]
-    assert details == reference
+    assert [{k: v for k, v in r.items() if k not in ESTIMATE_COLUMNS} for r in details] == \
+        [{k: v for k, v in r.items() if k not in ESTIMATE_COLUMNS} for r in reference]
+    for column in ESTIMATE_COLUMNS:
+        written = np.array([float(r[column]) for r in details])
+        np.testing.assert_allclose(written, [float(r[column]) for r in reference], rtol=0, atol=1.01e-4,
+                                   err_msg=column)
     assert [r["sample_id"] for r in read_rows(output)] == [r["sample_id"] for r in reference]
     assert not parts_folder(output).exists()
 
