@@ -19,6 +19,7 @@ import numpy as np
 from client.cpu import cpu_flags, cpu_model
 from client.table import read_catalog_csv
 from client.text import compose_text
+from training.config import TrainConfig
 from training.encoders import OFFLINE_TEXT_ENCODER, load_text_encoder, make_tokenizer
 from training.finetune import BF16_CPU_FLAGS, FineTuneSettings, fine_tune
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     table = read_catalog_csv(args.csv, with_prices=True)
-    tokenizer = make_tokenizer(OFFLINE_TEXT_ENCODER, 128)
+    tokenizer = make_tokenizer(OFFLINE_TEXT_ENCODER, TrainConfig.max_tokens)
     rows = np.arange(min(args.rows, len(table)))
     token_ids = tokenizer.encode([compose_text(table.texts[i]) for i in rows])
     log_prices = np.log1p(table.prices[rows])

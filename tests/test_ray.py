@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from client.blend import COMPONENTS
 from client.distributed import BlockParts, parts_folder
 from client.predict import PredictConfig, predict
 from client.ray_cluster import LocalRayCluster
@@ -88,7 +89,7 @@ def run_on_ray(input_path: Path, output: Path, deployment: Path, cluster: LocalR
     return json.loads(output.with_suffix(".json").read_text())
 
 
-ESTIMATE_COLUMNS = ("price", "mlp", "lightgbm", "retrieval", "text_head", "lexical")
+ESTIMATE_COLUMNS = ("price", *COMPONENTS)
 
 
 def assert_same_rows(output: Path, reference: list[dict[str, str]]) -> None:

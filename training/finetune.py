@@ -38,7 +38,8 @@ it natively (measured: 1.68x a float32 step with AMX, 1.39x with AVX-512 BF16 al
 @dataclass(frozen=True)
 class FineTuneSettings:
     """Optimisation of the text encoder (CPU defaults for all-MiniLM-L6-v2 at 128 tokens: the
-    cross-fitted default training on 6,928 rows took 42 minutes on 2 cores with AMX-BF16).
+    cross-fitted default training on 6,928 rows took 42 minutes on 2 cores with AMX-BF16, 63 on
+    2 cores of an AMD EPYC with AVX-512 BF16).
 
     Training runs on CUDA when torch sees a GPU. For the production encoder there
     (all-mpnet-base-v2 at 256 tokens), `learning_rate=3e-5` is the usual starting point for a

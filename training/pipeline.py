@@ -138,8 +138,15 @@ class TextEncoderStage:
     def __init__(self, config: TrainConfig, tokenizer: TextTokenizer, token_ids: list[np.ndarray],
                  log_prices: np.ndarray):
         self.config, self.tokenizer, self.token_ids, self.log_prices = config, tokenizer, token_ids, log_prices
-        self.precision = resolve_precision(config.fine_tuning.precision, training_device())
+        # "auto" resolved once, here: every fit, the fingerprint and the report read the same precision
+        self.settings = replace(config.fine_tuning,
+                                precision=resolve_precision(config.fine_tuning.precision, training_device()))
         self.reused = False
+
+    @property
+    def precision(self) -> str:
+        """The precision the encoders are fine-tuned in: "fp32" or "bf16"."""
+        return self.settings.precision
 
     def run(self, run: RunDir, folds: Folds) -> TextStageOutputs:
         fingerprint = self.fingerprint(folds)
@@ -160,8 +167,7 @@ class TextEncoderStage:
     def fingerprint(self, folds: Folds) -> str:
         digest = hashlib.sha256(json.dumps({
             "encoder": describe_text_encoder(self.config.text_encoder), "outputs": self.OUTPUTS_VERSION,
-            "fine_tuning": asdict(self.config.fine_tuning), "max_tokens": self.config.max_tokens,
-            "precision": self.precision,
+            "fine_tuning": asdict(self.settings), "max_tokens": self.config.max_tokens,
         }, sort_keys=True).encode())
         for array in (*self.token_ids, self.log_prices, folds.rows, folds.fold):
             digest.update(np.ascontiguousarray(array).tobytes())
@@ -170,8 +176,7 @@ class TextEncoderStage:
 
     def fit(self, train_rows: np.ndarray) -> tuple[PriceRegressor, list[dict]]:
         encoder, _ = load_text_encoder(self.config.text_encoder)  # fresh pretrained weights each time
-        settings = replace(self.config.fine_tuning, precision=self.precision)  # resolved once for every fit
-        return fine_tune(encoder, self.tokenizer, self.token_ids, self.log_prices, train_rows, settings)
+        return fine_tune(encoder, self.tokenizer, self.token_ids, self.log_prices, train_rows, self.settings)
 
     def encode(self, model: PriceRegressor, rows: np.ndarray) -> np.ndarray:
         """[len(rows), 1 + dim]: the head's log price, then the embedding."""
